@@ -1,0 +1,24 @@
+"""Dependencies shared by the routers."""
+
+from typing import Annotated
+
+from fastapi import BackgroundTasks, Depends, Request
+
+from {{ cookiecutter.package_name }}.jobs import JobBackend, JobQueue
+
+
+def job_backend(request: Request) -> JobBackend:
+    backend: JobBackend = request.app.state.job_backend
+    return backend
+
+
+def job_queue(
+    backend: Annotated[JobBackend, Depends(job_backend)], background_tasks: BackgroundTasks
+) -> JobQueue:
+    # FastAPI hands every dependency of a request the same BackgroundTasks object; the
+    # in-process backend queues its jobs on it, to run after the response.
+    return JobQueue(backend, lambda run: background_tasks.add_task(run))
+
+
+JobQueueDep = Annotated[JobQueue, Depends(job_queue)]
+JobBackendDep = Annotated[JobBackend, Depends(job_backend)]

@@ -1,0 +1,41 @@
+"""`POST /reports` submits the example heavy job; `GET /jobs/{id}` follows any job."""
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from pydantic import BaseModel
+
+from {{ cookiecutter.package_name }}.api.dependencies import JobQueueDep
+from {{ cookiecutter.package_name }}.jobs import JobState, JobStatus
+from {{ cookiecutter.package_name }}.jobs.reports import ReportParams
+from {{ cookiecutter.package_name }}.middleware.access_log import add_access_log_fields
+
+router = APIRouter(tags=["jobs"])
+
+
+class JobAccepted(BaseModel):
+    id: str
+    status: JobStatus = JobStatus.QUEUED
+
+
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "The job queue is unreachable; retry later."}
+}
+
+
+@router.post("/reports", status_code=status.HTTP_202_ACCEPTED, responses=UNAVAILABLE)
+async def create_report(
+    params: ReportParams, request: Request, response: Response, jobs: JobQueueDep
+) -> JobAccepted:
+    job_id = await jobs.submit("build_report", params.model_dump())
+    response.headers["Location"] = f"/jobs/{job_id}"
+    add_access_log_fields(request, job_id=job_id)
+    return JobAccepted(id=job_id)
+
+
+@router.get("/jobs/{job_id}", responses={404: {"description": "No job was issued with this id."}})
+async def get_job(job_id: str, jobs: JobQueueDep) -> JobState:
+    state = await jobs.get(job_id)
+    if state is None:
+        raise HTTPException(status_code=404, detail="No job with this id")
+    return state

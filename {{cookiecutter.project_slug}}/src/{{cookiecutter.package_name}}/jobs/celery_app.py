@@ -1,0 +1,157 @@
+"""The Celery app: configuration, the one task that runs registered jobs, and the
+signals that carry the request id into the worker's log lines.
+
+Both sides build their app here: the API publishes with it, `worker.py` runs it.
+"""
+
+import logging
+import math
+from typing import Any
+
+from celery import Celery, Task, signals
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from {{ cookiecutter.package_name }}.context import request_id_var
+from {{ cookiecutter.package_name }}.jobs.models import TransientJobError
+from {{ cookiecutter.package_name }}.jobs.registry import find_job
+from {{ cookiecutter.package_name }}.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+RUN_JOB_TASK = "{{ cookiecutter.package_name }}.run_job"
+# Custom task-message header with the submitting request's id. Not `correlation_id`:
+# Celery already uses that name for the task id.
+REQUEST_ID_HEADER = "x_request_id"
+# Extra task states beside Celery's own: the API records an id as QUEUED before it
+# publishes (so PENDING, which Celery reports for any unknown id, means "never issued"),
+# and the task reports PROGRESS while it runs.
+QUEUED = "QUEUED"
+PROGRESS = "PROGRESS"
+
+# Errors worth another try: the job's own transient failures and lost connections.
+# Anything else is a bug or bad input, and retrying it would only fail again.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    TransientJobError,
+    ConnectionError,
+    TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    OperationalError,
+)
+MAX_RETRIES = 3
+# Seconds a client of Redis waits to connect or for an answer: short, so a dead or
+# hung Redis turns into a fast 503 instead of a hanging request.
+REDIS_TIMEOUT_SECONDS = 1.0
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    hard_limit = settings.job_time_limit_seconds
+    # Redis redelivers a task whose worker has not acked it within the visibility
+    # timeout. It must exceed the hard limit, or a job still running would be started
+    # a second time beside the first.
+    visibility_timeout = math.ceil(hard_limit * 1.5)
+    # How often the worker sweeps for tasks abandoned by a dead worker. kombu scans on
+    # every Nth sweep (throttle); 1 makes the interval the only knob.
+    restore_interval = max(1, min(10, visibility_timeout // 10))
+    redis_timeouts = {
+        "socket_timeout": REDIS_TIMEOUT_SECONDS,
+        "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+    }
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": settings.redis_url,
+        # JSON only: pickle would let anyone who can write to Redis run code here.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Ack after the task ends, not when it starts, and put the task back when the
+        # process running it dies (OOM kill): a crash re-runs the job instead of losing
+        # it. Jobs must therefore be idempotent; the job id is the task id.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One task reserved per process: a long job does not hold others hostage.
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        # The soft limit raises SoftTimeLimitExceeded inside the job so it can stop
+        # cleanly; the hard limit kills the process. Soft must be below hard, or the
+        # hard limit never fires.
+        "task_time_limit": hard_limit,
+        "task_soft_time_limit": max(1, math.floor(hard_limit * 0.9)),
+        # The visibility timeout is read from all three places, depending on the
+        # component; set it in each, as the Celery docs for Redis say.
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            "unacked_restore_interval": restore_interval,
+            "unacked_restore_throttle": 1,
+            **redis_timeouts,
+        },
+        "result_backend_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            # The default retries a failed store 20 times (about 20 s per request
+            # while Redis is down); once is enough, the caller gets a 503 and retries.
+            "retry_policy": {"max_retries": 1},
+        },
+        "visibility_timeout": visibility_timeout,
+        "redis_socket_timeout": REDIS_TIMEOUT_SECONDS,
+        "redis_socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+        "redis_retry_on_timeout": False,
+        # Publishing: no retry loop inside a request, and a bounded wait for a
+        # connection from the pool, so a dead Redis cannot hang the API.
+        "task_publish_retry": False,
+        "broker_connection_timeout": REDIS_TIMEOUT_SECONDS,
+        "broker_pool_acquire_timeout": REDIS_TIMEOUT_SECONDS,
+        # The worker keeps retrying the broker at start-up (Redis may come up later).
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        # With Redis, acks do not depend on the connection that delivered the task, so
+        # a Redis blip need not cancel running jobs (measured: a 4 s outage with this on
+        # revoked the running job, and it was never run again).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "result_expires": settings.job_retention_seconds,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run the registered job `name`, storing its progress as it goes."""
+    last_reported = -1
+
+    def report_progress(percent: int) -> None:
+        nonlocal last_reported
+        if percent != last_reported:
+            last_reported = percent
+            task.update_state(state=PROGRESS, meta={"progress": percent})
+
+    logger.info("job %s (%s) started, attempt %d", task.request.id, name, task.request.retries + 1)
+    result = find_job(name)(params, report_progress)
+    logger.info("job %s (%s) succeeded", task.request.id, name)
+    return result
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    app = Celery("{{ cookiecutter.package_name }}", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    app.task(
+        bind=True,
+        name=RUN_JOB_TASK,
+        autoretry_for=TRANSIENT_ERRORS,
+        max_retries=MAX_RETRIES,
+        retry_backoff=2,
+        retry_backoff_max=60,
+        retry_jitter=True,
+    )(run_job)
+    return app
+
+
+@signals.task_prerun.connect
+def _bind_request_id(task: Task[Any, Any], **_: Any) -> None:
+    # Custom message headers show up as attributes of the task request.
+    request_id_var.set(getattr(task.request, REQUEST_ID_HEADER, None))
+
+
+@signals.task_postrun.connect
+def _unbind_request_id(**_: Any) -> None:
+    request_id_var.set(None)

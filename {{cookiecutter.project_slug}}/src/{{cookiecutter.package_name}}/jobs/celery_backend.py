@@ -1,0 +1,120 @@
+"""Run jobs on Celery workers through Redis: durable, retried, and scaled out by
+starting more workers, on any machine that reaches the same Redis.
+
+Every call into Celery or Redis blocks, so each runs in the threadpool, with short
+timeouts: a Redis that is down or hung costs a request about a second, never the
+event loop.
+"""
+
+import logging
+from typing import Any
+
+import anyio.to_thread
+import redis
+from celery.result import AsyncResult
+from kombu.exceptions import KombuError
+
+from {{ cookiecutter.package_name }}.jobs.celery_app import (
+    PROGRESS,
+    QUEUED,
+    REDIS_TIMEOUT_SECONDS,
+    REQUEST_ID_HEADER,
+    RUN_JOB_TASK,
+    create_celery_app,
+)
+from {{ cookiecutter.package_name }}.jobs.models import (
+    JobBackendUnavailableError,
+    JobRequest,
+    JobState,
+    JobStatus,
+    describe_error,
+)
+from {{ cookiecutter.package_name }}.jobs.queue import RunAfterResponse
+from {{ cookiecutter.package_name }}.jobs.registry import find_job
+from {{ cookiecutter.package_name }}.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# What a broken connection to Redis looks like, depending on which layer noticed.
+UNAVAILABLE_ERRORS = (redis.RedisError, KombuError, OSError, RuntimeError)
+
+CELERY_STATE_TO_STATUS = {
+    QUEUED: JobStatus.QUEUED,
+    "RETRY": JobStatus.QUEUED,
+    "STARTED": JobStatus.RUNNING,
+    PROGRESS: JobStatus.RUNNING,
+    "SUCCESS": JobStatus.SUCCEEDED,
+    "FAILURE": JobStatus.FAILED,
+    "REVOKED": JobStatus.FAILED,
+}
+
+
+class CeleryBackend:
+    name = "celery"
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_celery_app(settings)
+        self.redis = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        )
+
+    async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
+        find_job(job.name)  # an unknown name fails here, not later in a worker
+        await anyio.to_thread.run_sync(self._publish, job)
+
+    def _publish(self, job: JobRequest) -> None:
+        try:
+            # Recorded before publishing: from now on the id reads QUEUED, not PENDING.
+            self.app.backend.store_result(job.id, {"progress": 0}, QUEUED)
+            self.app.send_task(
+                RUN_JOB_TASK,
+                args=(job.name, job.params),
+                task_id=job.id,
+                headers={REQUEST_ID_HEADER: job.request_id},
+            )
+        except UNAVAILABLE_ERRORS as exc:
+            raise JobBackendUnavailableError(describe_error(exc)) from exc
+        logger.info("job %s (%s) queued", job.id, job.name)
+
+    async def get(self, job_id: str) -> JobState | None:
+        return await anyio.to_thread.run_sync(self._read_state, job_id)
+
+    def _read_state(self, job_id: str) -> JobState | None:
+        result: AsyncResult[Any] = AsyncResult(job_id, app=self.app)
+        try:
+            state, info = result.state, result.info
+        except UNAVAILABLE_ERRORS as exc:
+            raise JobBackendUnavailableError(describe_error(exc)) from exc
+        status = CELERY_STATE_TO_STATUS.get(state)
+        if status is None:  # PENDING: never issued here, or expired
+            return None
+        if status is JobStatus.SUCCEEDED:
+            return JobState(id=job_id, status=status, progress=100, result=info)
+        if status is JobStatus.FAILED:
+            error = describe_error(info) if isinstance(info, BaseException) else str(info)
+            return JobState(id=job_id, status=status, error=error)
+        progress = info.get("progress", 0) if isinstance(info, dict) else 0
+        return JobState(id=job_id, status=status, progress=progress)
+
+    async def check_dependencies(self) -> dict[str, str]:
+        return await anyio.to_thread.run_sync(self._check_dependencies)
+
+    def _check_dependencies(self) -> dict[str, str]:
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            return {"redis": f"unreachable: {describe_error(exc)}", "worker": "unknown"}
+        try:
+            replies = self.app.control.ping(timeout=REDIS_TIMEOUT_SECONDS)
+        except UNAVAILABLE_ERRORS as exc:
+            return {"redis": "ok", "worker": f"unknown: {describe_error(exc)}"}
+        return {"redis": "ok", "worker": "ok" if replies else "no worker answered"}
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self._close)
+
+    def _close(self) -> None:
+        self.redis.close()
+        self.app.close()

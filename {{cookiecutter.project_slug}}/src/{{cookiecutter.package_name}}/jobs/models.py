@@ -1,0 +1,60 @@
+"""What a job is, as the API and both backends see it."""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+# A job is a function `(params, report_progress) -> result`, JSON in and out.
+ProgressReporter = Callable[[int], None]
+JobFunction = Callable[[dict[str, Any], ProgressReporter], dict[str, Any]]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class JobState(BaseModel):
+    """A job as `GET /jobs/{id}` shows it."""
+
+    id: str
+    status: JobStatus
+    progress: int = Field(default=0, ge=0, le=100, description="Percent done, 0 to 100.")
+    result: dict[str, Any] | None = None
+    error: str | None = Field(default=None, description="Why the job failed, when it did.")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One submission: which registered job to run, with which parameters.
+
+    `params` must be JSON-serialisable: a backend may send it over the wire.
+    """
+
+    id: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    request_id: str | None = None
+
+
+class TransientJobError(Exception):
+    """Raise from a job for a failure worth retrying (a flaky downstream service).
+
+    A backend that retries jobs retries these, with backoff, a few times; any other
+    error fails the job at once.
+    """
+
+
+class JobBackendUnavailableError(Exception):
+    """The backend cannot take jobs now (its broker is down); worth retrying later."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """The `error` text of a failed job: the exception type and its message."""
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -1,0 +1,54 @@
+"""The one interface endpoints use to run heavy jobs; it never names a backend.
+
+    job_id = await jobs.submit("build_report", {"rows": 100})
+    state = await jobs.get(job_id)
+
+The backend is picked once, at start-up, from `JOBS_BACKEND`.
+"""
+
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from {{ cookiecutter.package_name }}.context import request_id_var
+from {{ cookiecutter.package_name }}.jobs.models import JobRequest, JobState
+
+# Schedules a callable to run once the response has been sent (BackgroundTasks in
+# the API). The in-process backend runs jobs through it; a backend that runs jobs
+# elsewhere ignores it.
+RunAfterResponse = Callable[[Callable[[], None]], None]
+
+
+class JobBackend(Protocol):
+    name: str
+
+    async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
+        """Record the job as queued and hand it on; raise JobBackendUnavailableError
+        when that is not possible right now."""
+
+    async def get(self, job_id: str) -> JobState | None:
+        """The job's state, or None for an id this backend never issued."""
+
+    async def check_dependencies(self) -> dict[str, str]:
+        """What the backend needs, each mapped to "ok" or to why it is not."""
+
+    async def aclose(self) -> None:
+        """Release connections at shutdown."""
+
+
+class JobQueue:
+    """A backend bound to one request's after-response hook."""
+
+    def __init__(self, backend: JobBackend, run_after_response: RunAfterResponse) -> None:
+        self._backend = backend
+        self._run_after_response = run_after_response
+
+    async def submit(self, name: str, params: Mapping[str, Any]) -> str:
+        job = JobRequest(
+            id=uuid.uuid4().hex, name=name, params=dict(params), request_id=request_id_var.get()
+        )
+        await self._backend.submit(job, self._run_after_response)
+        return job.id
+
+    async def get(self, job_id: str) -> JobState | None:
+        return await self._backend.get(job_id)

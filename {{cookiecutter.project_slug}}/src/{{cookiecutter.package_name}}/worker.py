@@ -1,0 +1,22 @@
+"""The Celery worker entry point: `celery -A {{ cookiecutter.package_name }}.worker worker`.
+
+Run as many workers as you like, on as many machines, all with the same `REDIS_URL`.
+"""
+
+from typing import Any
+
+from celery import signals
+
+from {{ cookiecutter.package_name }}.jobs.celery_app import create_celery_app
+from {{ cookiecutter.package_name }}.logs import configure_logging
+from {{ cookiecutter.package_name }}.settings import Settings
+
+settings = Settings()
+app = create_celery_app(settings)
+
+
+@signals.setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    # Connecting to this signal stops Celery from configuring logging itself: the worker
+    # logs in the service's format, with the request id of the task on each line.
+    configure_logging(settings.log_level, settings.log_format)
