@@ -44,7 +44,7 @@ FEATURES: tuple[Feature, ...] = (
             "src/{package_name}/worker.py",
             "src/{package_name}/jobs/celery_app.py",
             "src/{package_name}/jobs/celery_backend.py",
-            "tests/redis_server.py",
+            "tests/celery_processes.py",
             "tests/test_celery_worker.py",
         ),
         dependencies=("celery", "redis", "celery-types"),

@@ -1,10 +1,19 @@
+{% if cookiecutter.job_backend == "celery" -%}
+import os
+{% endif -%}
 from collections.abc import Iterator
+{%- if cookiecutter.job_backend == "celery" %}
+from pathlib import Path
+{%- endif %}
 
 import pytest
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.factory import create_app
+{%- if cookiecutter.job_backend == "celery" %}
+from tests.celery_processes import RedisServer, WorkerProcess, redis_server
+{%- endif %}
 from tests.probes import Recorder, probe_router
 from tests.support import AUTH_HEADERS, LogCapture, make_settings
 
@@ -42,3 +51,35 @@ def probe_app(app: FastAPI, recorder: Recorder) -> FastAPI:
 def probe_client(probe_app: FastAPI) -> Iterator[TestClient]:
     with TestClient(probe_app, headers=AUTH_HEADERS) as test_client:
         yield test_client
+{%- if cookiecutter.job_backend == "celery" %}
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis: `TEST_REDIS_URL` if set, else a `redis-server` of our own."""
+    if url := os.environ.get("TEST_REDIS_URL"):
+        yield url
+        return
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def celery_worker(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One real worker process for the job API tests, shared by the session."""
+    worker = WorkerProcess(redis_url, "api-tests", tmp_path_factory.mktemp("worker"))
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis for one test alone, which it may stop, freeze and restart."""
+    with redis_server(tmp_path) as server:
+        yield server
+{%- endif %}

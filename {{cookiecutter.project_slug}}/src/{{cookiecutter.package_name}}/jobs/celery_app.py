@@ -14,7 +14,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from {{ cookiecutter.package_name }}.context import request_id_var
-from {{ cookiecutter.package_name }}.jobs.models import TransientJobError
+from {{ cookiecutter.package_name }}.jobs.models import (
+    JobFailedError,
+    TransientJobError,
+    describe_error,
+)
 from {{ cookiecutter.package_name }}.jobs.registry import find_job
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -126,7 +130,14 @@ def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str
             task.update_state(state=PROGRESS, meta={"progress": percent})
 
     logger.info("job %s (%s) started, attempt %d", task.request.id, name, task.request.retries + 1)
-    result = find_job(name)(params, report_progress)
+    try:
+        result = find_job(name)(params, report_progress)
+    except TRANSIENT_ERRORS:
+        raise  # retried by `autoretry_for`
+    except Exception as exc:
+        # Celery stores the error as JSON and rebuilds it in the API process; a plain
+        # message survives that, where e.g. pydantic's ValidationError does not.
+        raise JobFailedError(describe_error(exc)) from exc
     logger.info("job %s (%s) succeeded", task.request.id, name)
     return result
 

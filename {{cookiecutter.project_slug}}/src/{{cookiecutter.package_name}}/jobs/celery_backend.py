@@ -24,6 +24,7 @@ from {{ cookiecutter.package_name }}.jobs.celery_app import (
 )
 from {{ cookiecutter.package_name }}.jobs.models import (
     JobBackendUnavailableError,
+    JobFailedError,
     JobRequest,
     JobState,
     JobStatus,
@@ -93,7 +94,7 @@ class CeleryBackend:
         if status is JobStatus.SUCCEEDED:
             return JobState(id=job_id, status=status, progress=100, result=info)
         if status is JobStatus.FAILED:
-            error = describe_error(info) if isinstance(info, BaseException) else str(info)
+            error = str(info) if isinstance(info, JobFailedError) else describe_error(info)
             return JobState(id=job_id, status=status, error=error)
         progress = info.get("progress", 0) if isinstance(info, dict) else 0
         return JobState(id=job_id, status=status, progress=progress)

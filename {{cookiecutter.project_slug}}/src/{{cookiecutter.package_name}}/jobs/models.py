@@ -50,6 +50,14 @@ class TransientJobError(Exception):
     """
 
 
+class JobFailedError(Exception):
+    """A job's own error, reduced to its description ("ValueError: ...").
+
+    A backend that stores errors elsewhere keeps this one: any exception type can be
+    rebuilt from its message, where a library's own exception often cannot.
+    """
+
+
 class JobBackendUnavailableError(Exception):
     """The backend cannot take jobs now (its broker is down); worth retrying later."""
 

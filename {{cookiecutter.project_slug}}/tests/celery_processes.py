@@ -1,0 +1,189 @@
+"""Real processes for the Celery tests: a Redis server and Celery workers.
+
+Redis comes from `TEST_REDIS_URL` when set (never flushed: it is not ours); otherwise
+the tests start `redis-server` on a free port. Without either, the Celery tests skip,
+saying why, unless `REQUIRE_REDIS=1` turns that into a failure (as in CI).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import {{ cookiecutter.package_name }}
+
+PACKAGE = {{ cookiecutter.package_name }}.__name__
+SOURCE_ROOT = Path({{ cookiecutter.package_name }}.__file__).resolve().parents[1]
+
+
+def skip_or_fail(reason: str) -> None:
+    if os.environ.get("REQUIRE_REDIS") == "1":
+        pytest.fail(f"REQUIRE_REDIS=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `condition()` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RedisServer:
+    """A throw-away `redis-server` that keeps nothing on disk; it can be stopped,
+    restarted on the same port, or frozen (accepting connections, never answering)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url, socket_timeout=0.5)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_until(answers, 10, "redis-server to start")
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)  # in case it is frozen
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+@contextmanager
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        skip_or_fail("no redis-server binary on PATH to start a test Redis")
+    server = RedisServer(workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class WorkerProcess:
+    """`celery -A <package>.worker worker` in its own process group, logging JSON to a
+    file, exactly as it runs in production (prefork pool, not eager mode)."""
+
+    def __init__(
+        self, redis_url: str, name: str, workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self.redis_url = redis_url
+        command = [
+            sys.executable, "-m", "celery", "-A", f"{PACKAGE}.worker", "worker",
+            "--pool", "prefork", "--concurrency", "1", "--hostname", f"{name}@%h",
+            "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+        ]  # fmt: skip
+        environment = {
+            **os.environ,
+            # The worker runs elsewhere (no `.env` there): make sure it imports this
+            # very checkout of the package, installed or not.
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])
+            ),
+            "REDIS_URL": redis_url,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=workdir,  # no developer `.env` in there
+                env=environment,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def records(self) -> list[dict[str, Any]]:
+        records = []
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+        return records
+
+    def messages(self, request_id: str | None = None) -> list[str]:
+        return [
+            r["message"]
+            for r in self.records()
+            if request_id is None or r.get("request_id") == request_id
+        ]
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        wait_until(
+            lambda: any("ready." in m for m in self.messages()) or self.process.poll() is not None,
+            timeout,
+            f"worker {self.name} to start",
+        )
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker {self.name} exited:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker, pool processes included: a machine dying."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def pool_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)  # warm shutdown
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
