@@ -19,6 +19,12 @@ from tests.support import AUTH_HEADERS, LogCapture, make_settings
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio, as uvicorn does."""
+    return "asyncio"
+
+
+@pytest.fixture
 def logs() -> LogCapture:
     return LogCapture()
 

@@ -21,11 +21,6 @@ pytestmark = pytest.mark.anyio
 AUTH = tuple(AUTH_HEADERS.items())
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def access_records(logs: LogCapture) -> list[dict[str, Any]]:
     return [r for r in logs.records() if r["logger"].endswith(".access")]
 
