@@ -15,6 +15,7 @@ import json
 import re
 import secrets
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ FEATURES: tuple[Feature, ...] = (
             "tests/test_bearer_auth.py",
         ),
     ),
+    Feature(option="ci_provider", values=("github",), paths=(".github",)),
+    Feature(option="ci_provider", values=("gitlab",), paths=(".gitlab-ci.yml",)),
     Feature(
         option="license",
         values=("MIT", "BSD-3-Clause"),
@@ -111,12 +114,52 @@ def remove_paths(root: Path, relative_paths: Iterable[str]) -> None:
 
 def local_env_file(answers: Mapping[str, Any]) -> str | None:
     """The `.env` with fresh secrets, or None when the service needs none."""
-    if answers.get("use_bearer_auth") is not True:
+    lines = []
+    if answers.get("use_bearer_auth") is True:
+        lines.append(f"API_TOKEN={secrets.token_urlsafe(32)}")
+    if answers.get("job_backend") == "celery":
+        lines.append(f"FLOWER_PASSWORD={secrets.token_urlsafe(24)}")
+    if not lines:
         return None
-    return (
-        "# Local secrets, generated with the project. Never commit this file.\n"
-        f"API_TOKEN={secrets.token_urlsafe(32)}\n"
-    )
+    header = "# Local secrets, generated with the project. Never commit this file."
+    return "\n".join([header, *lines]) + "\n"
+
+
+def template_commit(repo_dir: str | None) -> str | None:
+    """The commit of the template checkout, when it is a git repository (local only)."""
+    if not repo_dir:
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "-C", repo_dir, "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+def update_record(answers: Mapping[str, Any], commit: str | None) -> dict[str, Any]:
+    """`.cruft.json`: where the project came from and with which answers, so that
+    `cruft update` can re-render both template versions and apply the difference."""
+    context = {
+        key: value
+        for key, value in answers.items()
+        if not key.startswith("_") or key in ("_template", "_template_version")
+    }
+    return {
+        "template": answers.get("_template"),
+        "commit": commit,
+        "checkout": answers.get("_checkout"),
+        "context": {"cookiecutter": context},
+        "directory": None,
+        # Secrets are made anew on every render; never diff them.
+        "skip": [".env"],
+    }
 
 
 def apply(root: Path, answers: Mapping[str, Any]) -> None:
@@ -125,6 +168,8 @@ def apply(root: Path, answers: Mapping[str, Any]) -> None:
     pyproject.write_text(
         without_dependencies(pyproject.read_text(), dependencies_to_remove(answers))
     )
+    record = update_record(answers, template_commit(answers.get("_repo_dir")))
+    (root / ".cruft.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     env_text = local_env_file(answers)
     if env_text is not None:
         env_file = root / ".env"
