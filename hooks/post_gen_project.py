@@ -185,4 +185,4 @@ def main(answers: Mapping[str, Any]) -> int:
 if __name__ == "__main__":
     # cookiecutter runs this in the generated project; see pre_gen_project.py for why
     # the answers travel as JSON in a raw string.
-    sys.exit(main(json.loads(r'''{{ cookiecutter | tojson }}''')))
+    sys.exit(main(json.loads(r'''{{ cookiecutter | tojson }}''')))  # fmt: skip

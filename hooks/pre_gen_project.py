@@ -21,6 +21,8 @@ PACKAGE_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?$")
 MAX_SLUG_LENGTH = 64
+# The name lands in Python source (the app title); longer would break the line limit.
+MAX_NAME_LENGTH = 72
 
 # Import names the generated project installs or uses: a package named like one of
 # them would shadow it (`import celery` inside the service would import itself).
@@ -43,6 +45,8 @@ def check_project_name(value: str) -> str | None:
         return "must not be empty"
     if UNSAFE_TEXT_RE.search(value):
         return "must be one line without double quotes or backslashes"
+    if len(value) > MAX_NAME_LENGTH:
+        return f"must be at most {MAX_NAME_LENGTH} characters"
     return None
 
 
@@ -121,4 +125,4 @@ def main(answers: Mapping[str, Any]) -> int:
 if __name__ == "__main__":
     # cookiecutter renders this file before running it; the answers arrive as JSON in
     # a raw string (tojson escapes every ', so the literal cannot be closed early).
-    sys.exit(main(json.loads(r'''{{ cookiecutter | tojson }}''')))
+    sys.exit(main(json.loads(r'''{{ cookiecutter | tojson }}''')))  # fmt: skip

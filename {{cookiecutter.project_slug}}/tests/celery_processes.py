@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import redis
 
-import {{ cookiecutter.package_name }}
+import {{ cookiecutter.package_name }} as service_package
 
-PACKAGE = {{ cookiecutter.package_name }}.__name__
-SOURCE_ROOT = Path({{ cookiecutter.package_name }}.__file__).resolve().parents[1]
+PACKAGE = service_package.__name__
+SOURCE_ROOT = Path(service_package.__file__).resolve().parents[1]
 
 
 def skip_or_fail(reason: str) -> None:

@@ -8,7 +8,7 @@ import anyio
 from fastapi import APIRouter, BackgroundTasks, Request, WebSocket
 
 from {{ cookiecutter.package_name }}.context import request_id_var
-from {{ cookiecutter.package_name }}.middleware.access_log import add_access_log_fields
+from {{ cookiecutter.package_name }}.middleware import access_log
 
 
 class Recorder:
@@ -52,7 +52,7 @@ def probe_router(recorder: Recorder) -> APIRouter:
 
     @router.get("/state")
     async def state_endpoint(request: Request) -> dict[str, str]:
-        add_access_log_fields(request, probe="from-the-endpoint")
+        access_log.add_access_log_fields(request, probe="from-the-endpoint")
         return {"ok": "yes"}
 
     @router.get("/boom")

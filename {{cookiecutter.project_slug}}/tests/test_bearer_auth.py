@@ -5,7 +5,7 @@ from fastapi import FastAPI, HTTPException
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from {{ cookiecutter.package_name }}.middleware.bearer_auth import BearerAuthMiddleware
+from {{ cookiecutter.package_name }}.middleware import bearer_auth
 from tests.probes import Recorder
 from tests.support import API_TOKEN
 
@@ -82,6 +82,6 @@ def test_raising_httpexception_in_middleware_is_a_500_which_is_why_we_send_a_401
         assert client.get("/").status_code == 500
 
     right = FastAPI()
-    right.add_middleware(BearerAuthMiddleware, token=API_TOKEN)
+    right.add_middleware(bearer_auth.BearerAuthMiddleware, token=API_TOKEN)
     with TestClient(right) as client:
         assert client.get("/").status_code == 401

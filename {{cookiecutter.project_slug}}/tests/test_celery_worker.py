@@ -11,6 +11,7 @@ import httpx2 as httpx
 import pytest
 
 from {{ cookiecutter.package_name }}.factory import create_app
+from {{ cookiecutter.package_name }}.jobs import celery_app
 from tests.celery_processes import RedisServer, WorkerProcess, wait_until
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings
 
@@ -186,7 +187,7 @@ def test_the_request_id_reaches_every_log_line_the_worker_writes_for_the_task(
         assert {r["request_id"] for r in task_lines} == {"trace-worker"}, task_lines
         messages = [r["message"] for r in task_lines]
         assert f"job {job_id} (build_report) started, attempt 1" in messages
-        trace_line = f"Task {{ cookiecutter.package_name }}.run_job[{job_id}] succeeded"
+        trace_line = f"Task {celery_app.RUN_JOB_TASK}[{job_id}] succeeded"
         assert any(m.startswith(trace_line) for m in messages), messages
     finally:
         worker.stop()

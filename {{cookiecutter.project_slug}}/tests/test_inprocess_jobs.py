@@ -9,7 +9,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.factory import create_app
-from {{ cookiecutter.package_name }}.jobs.inprocess import InProcessBackend
+from {{ cookiecutter.package_name }}.jobs import inprocess
 from tests.asgi import run_lifespan
 from tests.support import AUTH_HEADERS, LogCapture, make_settings
 
@@ -34,7 +34,7 @@ def test_a_running_job_finishes_during_a_graceful_shutdown(logs: LogCapture) -> 
     )
     job_id = response.json()["id"]
     backend = app.state.job_backend
-    assert isinstance(backend, InProcessBackend)
+    assert isinstance(backend, inprocess.InProcessBackend)
     state = backend.store.get(job_id)
     assert state is not None
     assert state.status != "succeeded"  # still running when shutdown begins

@@ -11,7 +11,7 @@ import httpx2 as httpx
 import pytest
 from fastapi import APIRouter, Response
 
-from {{ cookiecutter.package_name }}.api.dependencies import JobQueueDep
+from {{ cookiecutter.package_name }}.api import dependencies
 from {{ cookiecutter.package_name }}.factory import create_app
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings
 
@@ -32,7 +32,7 @@ def broken_job_router() -> APIRouter:
     router = APIRouter()
 
     @router.post("/test/broken-report", status_code=202)
-    async def broken_report(jobs: JobQueueDep, response: Response) -> dict[str, str]:
+    async def broken_report(jobs: dependencies.JobQueueDep, response: Response) -> dict[str, str]:
         job_id = await jobs.submit("build_report", {"rows": 0})
         response.headers["Location"] = f"/jobs/{job_id}"
         return {"id": job_id}

@@ -149,9 +149,13 @@ def test_every_log_line_of_a_request_carries_its_id(client: TestClient, logs: Lo
 def test_the_servers_own_access_log_carries_the_id(app: FastAPI, logs: LogCapture) -> None:
     """uvicorn logs its access line from inside the request's task, so the filter sees
     the id there too (its logger is quiet by default; the middleware's line replaces it)."""
-    logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    with live_server(app) as url:
-        httpx.get(f"{url}/health/live", headers={"X-Request-ID": "trace-server"})
+    server_access = logging.getLogger("uvicorn.access")
+    server_access.setLevel(logging.INFO)
+    try:
+        with live_server(app) as url:
+            httpx.get(f"{url}/health/live", headers={"X-Request-ID": "trace-server"})
+    finally:
+        server_access.setLevel(logging.WARNING)
     server_lines = [r for r in logs.records() if r["logger"] == "uvicorn.access"]
     assert server_lines
     assert {r["request_id"] for r in server_lines} == {"trace-server"}

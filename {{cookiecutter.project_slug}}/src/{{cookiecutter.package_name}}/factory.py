@@ -6,13 +6,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from {{ cookiecutter.package_name }} import __doc__ as package_doc
-from {{ cookiecutter.package_name }}.api import api_router
-from {{ cookiecutter.package_name }}.api.errors import install_error_handlers
-from {{ cookiecutter.package_name }}.jobs import JobBackend, build_job_backend
-from {{ cookiecutter.package_name }}.logs import configure_logging
-from {{ cookiecutter.package_name }}.middleware import StackedFastAPI, middleware_stack
-from {{ cookiecutter.package_name }}.settings import Settings
+from .api import api_router
+from .api.errors import install_error_handlers
+from .jobs import JobBackend, build_job_backend
+from .logs import configure_logging
+from .middleware import StackedFastAPI, middleware_stack
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     app = StackedFastAPI(
         title="{{ cookiecutter.project_name }}",
-        description=(package_doc or "").strip(),
         version="{{ cookiecutter.version }}",
         lifespan=lifespan,
         # FastAPI's own limit: 413 from Content-Length or while a chunked body streams.

@@ -10,7 +10,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from {{ cookiecutter.package_name }}.context import request_id_var
+from .context import request_id_var
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-8s [%(request_id)s] %(name)s: %(message)s"
 

@@ -1,4 +1,4 @@
-"""The Celery worker entry point: `celery -A {{ cookiecutter.package_name }}.worker worker`.
+"""The Celery worker entry point: `celery -A <package>.worker worker`.
 
 Run as many workers as you like, on as many machines, all with the same `REDIS_URL`.
 """
@@ -7,9 +7,9 @@ from typing import Any
 
 from celery import signals
 
-from {{ cookiecutter.package_name }}.jobs.celery_app import create_celery_app
-from {{ cookiecutter.package_name }}.logs import configure_logging
-from {{ cookiecutter.package_name }}.settings import Settings
+from .jobs.celery_app import create_celery_app
+from .logs import configure_logging
+from .settings import Settings
 
 settings = Settings()
 app = create_celery_app(settings)

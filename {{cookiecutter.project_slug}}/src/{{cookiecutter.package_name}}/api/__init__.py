@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from {{ cookiecutter.package_name }}.api import health, jobs, notifications
+from . import health, jobs, notifications
 
 api_router = APIRouter()
 api_router.include_router(health.router)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import BackgroundTasks, Depends, Request
 
-from {{ cookiecutter.package_name }}.jobs import JobBackend, JobQueue
+from ..jobs import JobBackend, JobQueue
 
 
 def job_backend(request: Request) -> JobBackend:

@@ -5,8 +5,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from {{ cookiecutter.package_name }}.context import request_id_var
-from {{ cookiecutter.package_name }}.jobs import JobBackendUnavailableError
+from ..context import request_id_var
+from ..jobs import JobBackendUnavailableError
 
 logger = logging.getLogger(__name__)
 

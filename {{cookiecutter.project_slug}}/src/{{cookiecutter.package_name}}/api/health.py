@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from {{ cookiecutter.package_name }}.api.dependencies import JobBackendDep
+from .dependencies import JobBackendDep
 
 router = APIRouter(prefix="/health", tags=["health"])
 

@@ -5,10 +5,10 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel
 
-from {{ cookiecutter.package_name }}.api.dependencies import JobQueueDep
-from {{ cookiecutter.package_name }}.jobs import JobState, JobStatus
-from {{ cookiecutter.package_name }}.jobs.reports import ReportParams
-from {{ cookiecutter.package_name }}.middleware.access_log import add_access_log_fields
+from ..jobs import JobState, JobStatus
+from ..jobs.reports import ReportParams
+from ..middleware.access_log import add_access_log_fields
+from .dependencies import JobQueueDep
 
 router = APIRouter(tags=["jobs"])
 

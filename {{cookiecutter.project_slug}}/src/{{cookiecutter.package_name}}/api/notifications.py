@@ -3,7 +3,7 @@
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from pydantic import BaseModel, Field
 
-from {{ cookiecutter.package_name }}.notify import deliver_notification, write_audit_line
+from ..notify import deliver_notification, write_audit_line
 
 router = APIRouter(tags=["notifications"])
 

@@ -1,21 +1,21 @@
 """Heavy jobs: one interface (`JobQueue`), two backends, chosen once from settings."""
 
-from {{ cookiecutter.package_name }}.jobs.inprocess import InProcessBackend
-from {{ cookiecutter.package_name }}.jobs.models import (
+from ..settings import Settings
+from .inprocess import InProcessBackend
+from .models import (
     JobBackendUnavailableError,
     JobRequest,
     JobState,
     JobStatus,
 )
-from {{ cookiecutter.package_name }}.jobs.queue import JobBackend, JobQueue, RunAfterResponse
-from {{ cookiecutter.package_name }}.settings import Settings
+from .queue import JobBackend, JobQueue, RunAfterResponse
 
 
 def build_job_backend(settings: Settings) -> JobBackend:
     {%- if cookiecutter.job_backend == "celery" %}
     if settings.jobs_backend == "celery":
         # Imported only when chosen: an in-process service never loads Celery.
-        from {{ cookiecutter.package_name }}.jobs.celery_backend import CeleryBackend
+        from .celery_backend import CeleryBackend
 
         return CeleryBackend(settings)
     {%- else %}

@@ -13,18 +13,19 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from {{ cookiecutter.package_name }}.context import request_id_var
-from {{ cookiecutter.package_name }}.jobs.models import (
+from ..context import request_id_var
+from ..settings import Settings
+from .models import (
     JobFailedError,
     TransientJobError,
     describe_error,
 )
-from {{ cookiecutter.package_name }}.jobs.registry import find_job
-from {{ cookiecutter.package_name }}.settings import Settings
+from .registry import find_job
 
 logger = logging.getLogger(__name__)
 
-RUN_JOB_TASK = "{{ cookiecutter.package_name }}.run_job"
+APP_NAME = "{{ cookiecutter.package_name }}"
+RUN_JOB_TASK = f"{APP_NAME}.run_job"
 # Custom task-message header with the submitting request's id. Not `correlation_id`:
 # Celery already uses that name for the task id.
 REQUEST_ID_HEADER = "x_request_id"
@@ -143,7 +144,7 @@ def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str
 
 
 def create_celery_app(settings: Settings) -> Celery:
-    app = Celery("{{ cookiecutter.package_name }}", set_as_current=False)
+    app = Celery(APP_NAME, set_as_current=False)
     app.conf.update(celery_config(settings))
     app.task(
         bind=True,

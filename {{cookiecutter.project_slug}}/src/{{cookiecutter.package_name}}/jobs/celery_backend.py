@@ -7,14 +7,13 @@ event loop.
 """
 
 import logging
-from typing import Any
 
 import anyio.to_thread
 import redis
-from celery.result import AsyncResult
 from kombu.exceptions import KombuError
 
-from {{ cookiecutter.package_name }}.jobs.celery_app import (
+from ..settings import Settings
+from .celery_app import (
     PROGRESS,
     QUEUED,
     REDIS_TIMEOUT_SECONDS,
@@ -22,7 +21,7 @@ from {{ cookiecutter.package_name }}.jobs.celery_app import (
     RUN_JOB_TASK,
     create_celery_app,
 )
-from {{ cookiecutter.package_name }}.jobs.models import (
+from .models import (
     JobBackendUnavailableError,
     JobFailedError,
     JobRequest,
@@ -30,9 +29,8 @@ from {{ cookiecutter.package_name }}.jobs.models import (
     JobStatus,
     describe_error,
 )
-from {{ cookiecutter.package_name }}.jobs.queue import RunAfterResponse
-from {{ cookiecutter.package_name }}.jobs.registry import find_job
-from {{ cookiecutter.package_name }}.settings import Settings
+from .queue import RunAfterResponse
+from .registry import find_job
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +81,14 @@ class CeleryBackend:
         return await anyio.to_thread.run_sync(self._read_state, job_id)
 
     def _read_state(self, job_id: str) -> JobState | None:
-        result: AsyncResult[Any] = AsyncResult(job_id, app=self.app)
         try:
-            state, info = result.state, result.info
+            # One read of the stored meta: `AsyncResult.state` and `.info` each read
+            # Redis, and a job that ends between the two would pair a running state
+            # with the final result.
+            meta = self.app.backend.get_task_meta(job_id)
         except UNAVAILABLE_ERRORS as exc:
             raise JobBackendUnavailableError(describe_error(exc)) from exc
+        state, info = meta["status"], meta["result"]
         status = CELERY_STATE_TO_STATUS.get(state)
         if status is None:  # PENDING: never issued here, or expired
             return None

@@ -15,9 +15,9 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from {{ cookiecutter.package_name }}.jobs.models import JobRequest, JobState, JobStatus, describe_error
-from {{ cookiecutter.package_name }}.jobs.queue import RunAfterResponse
-from {{ cookiecutter.package_name }}.jobs.registry import find_job
+from .models import JobRequest, JobState, JobStatus, describe_error
+from .queue import RunAfterResponse
+from .registry import find_job
 
 logger = logging.getLogger(__name__)
 

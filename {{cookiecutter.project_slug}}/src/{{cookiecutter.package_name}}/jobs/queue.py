@@ -10,8 +10,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from {{ cookiecutter.package_name }}.context import request_id_var
-from {{ cookiecutter.package_name }}.jobs.models import JobRequest, JobState
+from ..context import request_id_var
+from .models import JobRequest, JobState
 
 # Schedules a callable to run once the response has been sent (BackgroundTasks in
 # the API). The in-process backend runs jobs through it; a backend that runs jobs

@@ -5,8 +5,8 @@ out that is safe to run twice (a backend may re-run it after a crash), and add i
 `JOBS`.
 """
 
-from {{ cookiecutter.package_name }}.jobs.models import JobFunction
-from {{ cookiecutter.package_name }}.jobs.reports import build_report
+from .models import JobFunction
+from .reports import build_report
 
 JOBS: dict[str, JobFunction] = {
     "build_report": build_report,

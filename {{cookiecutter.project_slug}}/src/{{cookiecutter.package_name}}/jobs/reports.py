@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from {{ cookiecutter.package_name }}.jobs.models import ProgressReporter
+from .models import ProgressReporter
 
 MAX_ROWS = 1_000_000
 MAX_SIMULATE_SECONDS = 60.0

@@ -16,14 +16,14 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
-from {{ cookiecutter.package_name }}.middleware.access_log import AccessLogMiddleware
+from ..settings import Settings
+from .access_log import AccessLogMiddleware
 {%- if cookiecutter.use_bearer_auth %}
-from {{ cookiecutter.package_name }}.middleware.bearer_auth import BearerAuthMiddleware
+from .bearer_auth import BearerAuthMiddleware
 {%- endif %}
-from {{ cookiecutter.package_name }}.middleware.body_limit import ContentLengthLimitMiddleware
-from {{ cookiecutter.package_name }}.middleware.request_id import RequestIdMiddleware
-from {{ cookiecutter.package_name }}.middleware.security_headers import SecurityHeadersMiddleware
-from {{ cookiecutter.package_name }}.settings import Settings
+from .body_limit import ContentLengthLimitMiddleware
+from .request_id import RequestIdMiddleware
+from .security_headers import SecurityHeadersMiddleware
 
 
 def middleware_stack(settings: Settings) -> list[Middleware]:

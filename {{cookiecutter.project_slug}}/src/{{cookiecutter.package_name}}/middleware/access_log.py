@@ -45,6 +45,8 @@ class AccessLogMiddleware:
         def log_request(outcome: str = "") -> None:
             nonlocal logged
             logged = True
+            if not logger.isEnabledFor(logging.INFO):
+                return
             duration_ms = (time.perf_counter() - started) * 1000
             fields: dict[str, Any] = scope.get("state", {}).get(ACCESS_LOG_FIELDS_KEY, {})
             extra_text = "".join(f" {key}={value}" for key, value in fields.items())

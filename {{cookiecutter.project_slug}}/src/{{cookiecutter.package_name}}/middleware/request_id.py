@@ -6,7 +6,7 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from {{ cookiecutter.package_name }}.context import request_id_var
+from ..context import request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # What a well-behaved proxy or client sends: UUIDs, hex, ULIDs and the like. Anything

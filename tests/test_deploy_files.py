@@ -1,0 +1,163 @@
+"""The files that ship a generated service: container image, compose stack, CI, task
+runner and pre-commit, checked for every bake against the options it was baked with.
+
+No Docker engine runs here, so the image and the stack are checked by reading them:
+the right services for the options, health checks, a non-root user, pinned actions.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+from conftest import CASES, Bakery, Case, ProjectEnv, run
+
+PINNED_ACTION_RE = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{40}$")
+
+
+def tool(name: str) -> str:
+    """A linter installed beside this interpreter (requirements-dev.txt)."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert found, f"{name} is missing: it belongs to requirements-dev.txt"
+    return found
+
+
+def validate(root: Path, schema: str, path: Path) -> None:
+    """Validate a file against one of check-jsonschema's bundled schemas (no network)."""
+    checked = run([tool("check-jsonschema"), "--builtin-schema", schema, str(path)], cwd=root)
+    assert checked.ok, checked.report()
+
+
+def case_params() -> list[Any]:
+    return [pytest.param(case, id=case.id) for case in CASES]
+
+
+def python_version(case: Case) -> str:
+    return str(case.answers.get("python_version", "3.11"))
+
+
+def ci_provider(case: Case) -> str:
+    return str(case.answers.get("ci_provider", "github"))
+
+
+@pytest.mark.parametrize("case", case_params())
+def test_dockerfile_builds_a_slim_non_root_image_with_a_healthcheck(
+    bakery: Bakery, case: Case
+) -> None:
+    text = (bakery.get(case).path / "Dockerfile").read_text()
+    assert "ARG PYTHON_VERSION=" + python_version(case) in text
+    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, flags=re.MULTILINE)
+    assert stages == [
+        ("python:${PYTHON_VERSION}-slim", "build"),
+        ("python:${PYTHON_VERSION}-slim", "runtime"),
+    ]
+    # Dependencies are installed from pyproject.toml before the code is copied in.
+    assert text.index("COPY pyproject.toml") < text.index("pip install .") < text.index("COPY src")
+    final_stage = text[text.index("AS runtime") :]
+    assert re.search(r"^USER (?!root)\w+", final_stage, flags=re.MULTILINE)
+    assert "/health/live" in final_stage.split("HEALTHCHECK", 1)[1]
+    assert f'"{case.package_name}.main:app"' in final_stage
+
+
+@pytest.mark.parametrize("case", case_params())
+def test_compose_names_the_services_of_the_options(bakery: Bakery, case: Case) -> None:
+    root = bakery.get(case).path
+    validate(root, "vendor.compose-spec", root / "compose.yaml")
+    compose = yaml.safe_load((root / "compose.yaml").read_text())
+    services: dict[str, Any] = compose["services"]
+    if case.job_backend == "inprocess":
+        assert set(services) == {"api"}
+        assert "volumes" not in compose
+        return
+    assert set(services) == {"api", "worker", "redis", "flower"}
+    for name in ("api", "worker", "flower"):
+        assert services[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert "healthcheck" in services["redis"]
+    assert "healthcheck" in services["worker"]
+    assert "noeviction" in services["redis"]["command"]
+    worker = services["worker"]
+    assert worker["command"][:3] == ["celery", "-A", f"{case.package_name}.worker"]
+    # `docker compose up --scale worker=4` needs a worker without a fixed name or port.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert services["flower"]["profiles"] == ["monitoring"]
+    assert "FLOWER_PASSWORD" in " ".join(services["flower"]["entrypoint"])
+
+
+@pytest.mark.parametrize("case", case_params())
+def test_ci_files_match_the_ci_option(bakery: Bakery, case: Case) -> None:
+    root = bakery.get(case).path
+    provider = ci_provider(case)
+    assert (root / ".github").exists() == (provider == "github")
+    assert (root / ".gitlab-ci.yml").exists() == (provider == "gitlab")
+
+
+@pytest.mark.parametrize("case", [c for c in case_params() if ci_provider(c.values[0]) == "github"])
+def test_github_workflow_is_pinned_least_privilege_and_lints_clean(
+    bakery: Bakery, case: Case
+) -> None:
+    root = bakery.get(case).path
+    workflow_path = root / ".github" / "workflows" / "ci.yml"
+    workflow = yaml.safe_load(workflow_path.read_text())
+    assert workflow["permissions"] == {"contents": "read"}
+    (job,) = workflow["jobs"].values()
+    uses = [step["uses"].split(" ")[0] for step in job["steps"] if "uses" in step]
+    assert uses
+    assert all(PINNED_ACTION_RE.match(action) for action in uses), uses
+    runs = " ".join(step.get("run", "") for step in job["steps"])
+    assert all(f"make {verb}" in runs for verb in ("lint", "typecheck", "test"))
+    if case.job_backend == "celery":
+        assert "redis" in job["services"]
+        assert job["env"]["REQUIRE_REDIS"] == "1"
+    else:
+        assert "services" not in job
+    # GitHub's own expressions survive rendering.
+    assert "${{ github.ref }}" in workflow_path.read_text()
+
+    # Offline linters from PyPI: the GitHub workflow schema, and zizmor's security audit
+    # (injection, over-broad permissions, credentials left in the checkout).
+    validate(root, "vendor.github-workflows", workflow_path)
+    validate(root, "vendor.dependabot", root / ".github" / "dependabot.yml")
+    audited = run([tool("zizmor"), "--offline", str(workflow_path)], cwd=root)
+    assert audited.ok, audited.report()
+
+
+@pytest.mark.parametrize("case", [c for c in case_params() if ci_provider(c.values[0]) == "gitlab"])
+def test_gitlab_pipeline_runs_the_checks(bakery: Bakery, case: Case) -> None:
+    root = bakery.get(case).path
+    validate(root, "vendor.gitlab-ci", root / ".gitlab-ci.yml")
+    pipeline = yaml.safe_load((root / ".gitlab-ci.yml").read_text())
+    script = pipeline["check"]["script"]
+    assert script == ["make lint", "make typecheck", "make test"]
+    if case.job_backend == "celery":
+        assert pipeline["variables"]["REQUIRE_REDIS"] == "1"
+        assert pipeline["check"]["services"][0]["name"].startswith("redis")
+
+
+@pytest.mark.parametrize("case", case_params())
+def test_pre_commit_uses_the_pinned_tool_versions(bakery: Bakery, case: Case) -> None:
+    root = bakery.get(case).path
+    config = yaml.safe_load((root / ".pre-commit-config.yaml").read_text())
+    dev = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    pins = dict(line.split("==") for line in dev["dev"] if "==" in line)
+    (ruff_repo,) = [r for r in config["repos"] if r["repo"].endswith("ruff-pre-commit")]
+    assert ruff_repo["rev"] == f"v{pins['ruff']}"
+    assert {hook["id"] for hook in ruff_repo["hooks"]} == {"ruff-check", "ruff-format"}
+    hooks = [hook for repo in config["repos"] for hook in repo["hooks"]]
+    # mypy runs from the project's environment: the version pinned in pyproject.toml.
+    assert any(hook["id"] == "mypy" and hook["entry"] == "mypy" for hook in hooks)
+    assert pins["mypy"]
+
+
+@pytest.mark.parametrize("case", case_params())
+def test_make_lint_runs(bakery: Bakery, project_env: ProjectEnv, case: Case) -> None:
+    """`make test` runs in test_bake.py; mypy is run there directly, so `make typecheck`
+    would only repeat it."""
+    ran = project_env.run(bakery.get(case).path, "make", "lint")
+    assert ran.ok, ran.report()

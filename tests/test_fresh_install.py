@@ -1,0 +1,55 @@
+"""Install a generated project into a brand-new virtualenv exactly as its README says and
+run its tests there: the shared env of the other tests cannot hide a dependency missing
+from a bake's own pyproject.toml."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import INSTALL_TIMEOUT, Ran, bake, clean_env, run
+
+# Distributions an inprocess bake must not pull in, directly or through another package.
+CELERY_DISTRIBUTIONS = frozenset({"celery", "celery-types", "kombu", "redis"})
+
+
+def distribution_names(pip_list_output: str) -> set[str]:
+    """Names from `pip list --format=json`, whose output may also hold pip's notices."""
+    for line in pip_list_output.splitlines():
+        if line.startswith("[{") or line.strip() == "[]":
+            return {str(entry["name"]).lower() for entry in json.loads(line)}
+    raise AssertionError(f"no JSON in pip list output:\n{pip_list_output}")
+
+
+def checked(ran: Ran) -> Ran:
+    assert ran.ok, ran.report()
+    return ran
+
+
+@pytest.mark.heavy(seconds=120)  # measured: 60 to 110 s
+@pytest.mark.parametrize("job_backend", ["celery", "inprocess"])
+def test_fresh_install_runs_its_tests(tmp_path: Path, job_backend: str) -> None:
+    project = bake(tmp_path, job_backend=job_backend)
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    assert 'pip install -e ".[dev]"' in readme, "the README does not give the install command"
+    venv = project / ".venv"
+    env = clean_env(venv)  # activated: no PYTHONPATH, nothing from our own environment
+
+    # The README's commands: python -m venv .venv && .venv/bin/pip install -e ".[dev]"
+    checked(run([sys.executable, "-m", "venv", ".venv"], cwd=project, env=clean_env()))
+    install: list[str | Path] = [venv / "bin" / "pip", "install", "-e", ".[dev]"]
+    checked(run(install, cwd=project, env=env, timeout=INSTALL_TIMEOUT))
+
+    # REQUIRE_REDIS and TEST_REDIS_URL pass through from our own environment.
+    tests = checked(run([venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider"], project, env))
+    assert not tests.leaked, "the generated tests left processes running\n" + tests.report()
+
+    listed = checked(run([venv / "bin" / "pip", "list", "--format=json"], project, env))
+    installed = distribution_names(listed.output)
+    if job_backend == "inprocess":
+        unwanted = sorted(installed & CELERY_DISTRIBUTIONS)
+        assert not unwanted, f"an inprocess project installed {unwanted}"
+    else:
+        assert {"celery", "redis"} <= installed
