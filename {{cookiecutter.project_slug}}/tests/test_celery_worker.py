@@ -22,6 +22,17 @@ FAST_REDELIVERY = {"JOB_TIME_LIMIT_SECONDS": "4"}
 OUTAGE_BUDGET_SECONDS = 2.0
 
 
+def final_state(http: httpx.Client, job_id: str, timeout: float, what: str) -> dict[str, Any]:
+    """The job's state once it has ended, polled through the API."""
+
+    def ended() -> dict[str, Any] | None:
+        state = job_state(http, job_id)
+        return state if state["status"] in ("succeeded", "failed") else None
+
+    result: dict[str, Any] = wait_until(ended, timeout, what, interval=0.2)
+    return result
+
+
 def started_by(worker: WorkerProcess, job_id: str) -> bool:
     return any(m.startswith(f"job {job_id} ") and "started" in m for m in worker.messages())
 
@@ -67,12 +78,7 @@ def test_a_job_whose_worker_dies_is_finished_by_another_worker(
         assert job_state(celery_api, job_id)["status"] == "running"
         killed_at = time.monotonic()
         first.kill()
-        final = wait_until(
-            lambda: (s := job_state(celery_api, job_id))["status"] in ("succeeded", "failed") and s,
-            60,
-            "the second worker to finish the job",
-            interval=0.2,
-        )
+        final = final_state(celery_api, job_id, 60, "the second worker to finish the job")
         print(f"whole worker killed: job finished {time.monotonic() - killed_at:.1f}s later")
         assert final["status"] == "succeeded", final
         assert final["result"]["rows"] == 4
@@ -98,12 +104,7 @@ def test_a_job_whose_pool_process_is_killed_is_run_again_at_once(
         (pool_pid,) = worker.pool_pids()
         killed_at = time.monotonic()
         os.kill(pool_pid, signal.SIGKILL)
-        final = wait_until(
-            lambda: (s := job_state(celery_api, job_id))["status"] in ("succeeded", "failed") and s,
-            30,
-            "the job to be run again",
-            interval=0.2,
-        )
+        final = final_state(celery_api, job_id, 30, "the job to be run again")
         print(f"pool process killed: job finished {time.monotonic() - killed_at:.1f}s later")
         assert final["status"] == "succeeded", final
         starts = [m for m in worker.messages() if m.startswith(f"job {job_id} ") and "started" in m]
