@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -311,3 +313,55 @@ def test_feature_options_match_cookiecutter_json() -> None:
         allowed = default if isinstance(default, list) else [True, False]
         unknown = [value for value in feature.values if value not in allowed]
         assert not unknown, f"{feature.option}: values {unknown} are not among {allowed}"
+
+
+def test_project_name_length_is_capped() -> None:
+    assert PRE.check_project_name("x" * PRE.MAX_NAME_LENGTH) is None
+    assert (
+        PRE.check_project_name("x" * (PRE.MAX_NAME_LENGTH + 1)) == "must be at most 72 characters"
+    )
+
+
+def test_local_env_file_has_a_flower_password_for_celery_only() -> None:
+    celery = POST.local_env_file({"job_backend": "celery", "use_bearer_auth": False})
+    assert celery is not None
+    assert re.search(r"^FLOWER_PASSWORD=\S{24,}$", celery, flags=re.MULTILINE)
+    assert POST.local_env_file({"job_backend": "inprocess", "use_bearer_auth": False}) is None
+
+
+def test_update_record_keeps_answers_and_drops_private_keys() -> None:
+    answers = {
+        "project_name": "Orders",
+        "_template": "/templates/fastapi",
+        "_template_version": "0.1.0",
+        "_output_dir": "/tmp/out",
+        "_repo_dir": "/tmp/checkout",
+        "_checkout": None,
+    }
+    record = POST.update_record(answers, "a" * 40)
+    assert record["template"] == "/templates/fastapi"
+    assert record["commit"] == "a" * 40
+    assert record["context"]["cookiecutter"] == {
+        "project_name": "Orders",
+        "_template": "/templates/fastapi",
+        "_template_version": "0.1.0",
+    }
+    assert record["skip"] == [".env"]
+
+
+def test_template_commit_reads_a_local_git_checkout(tmp_path: Path) -> None:
+    assert POST.template_commit(None) is None
+    assert POST.template_commit(str(tmp_path)) is None  # not a repository
+    identity = ["-c", "user.name=T", "-c", "user.email=t@example.com"]
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(
+        ["git", *identity, "-C", str(tmp_path), "commit", "-q", "--allow-empty", "-m", "v1"],
+        check=True,
+    )
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert POST.template_commit(str(tmp_path)) == head
