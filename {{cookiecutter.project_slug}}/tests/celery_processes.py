@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,23 +20,13 @@ from typing import Any
 import pytest
 import redis
 
-import {{ cookiecutter.package_name }} as service_package
-
-PACKAGE = service_package.__name__
-SOURCE_ROOT = Path(service_package.__file__).resolve().parents[1]
+from tests.support import PACKAGE, free_port, with_source_on_path
 
 
 def skip_or_fail(reason: str) -> None:
     if os.environ.get("REQUIRE_REDIS") == "1":
         pytest.fail(f"REQUIRE_REDIS=1 but {reason}", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -127,12 +116,7 @@ class WorkerProcess:
             "--without-gossip", "--without-mingle", "--loglevel", "INFO",
         ]  # fmt: skip
         environment = {
-            **os.environ,
-            # The worker runs elsewhere (no `.env` there): make sure it imports this
-            # very checkout of the package, installed or not.
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])
-            ),
+            **with_source_on_path(os.environ),
             "REDIS_URL": redis_url,
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",

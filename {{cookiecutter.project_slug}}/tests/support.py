@@ -2,15 +2,19 @@
 
 import io
 import json
+import os
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
+import {{ cookiecutter.package_name }} as service_package
 from {{ cookiecutter.package_name }}.logs import configure_logging
 from {{ cookiecutter.package_name }}.settings import Settings
 {%- if cookiecutter.use_bearer_auth %}
@@ -21,6 +25,23 @@ AUTH_HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
 
 AUTH_HEADERS: dict[str, str] = {}
 {%- endif %}
+
+PACKAGE = service_package.__name__
+SOURCE_ROOT = Path(service_package.__file__).resolve().parents[1]
+
+
+def with_source_on_path(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` for a subprocess that must import this very checkout of the package,
+    installed or not (it runs in another directory, away from any `.env`)."""
+    paths = [str(SOURCE_ROOT), env.get("PYTHONPATH", "")]
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def make_settings(**overrides: Any) -> Settings:
