@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,24 +19,13 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support import PACKAGE, free_port, with_source_on_path
+from tests.support import PACKAGE, free_port, messages_of, wait_until, with_source_on_path
 
 
 def skip_or_fail(reason: str) -> None:
     if os.environ.get("REQUIRE_REDIS") == "1":
         pytest.fail(f"REQUIRE_REDIS=1 but {reason}", pytrace=False)
     pytest.skip(reason)
-
-
-def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll `condition()` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class RedisServer:
@@ -139,12 +127,8 @@ class WorkerProcess:
                 records.append(json.loads(line))
         return records
 
-    def messages(self, request_id: str | None = None) -> list[str]:
-        return [
-            r["message"]
-            for r in self.records()
-            if request_id is None or r.get("request_id") == request_id
-        ]
+    def messages(self) -> list[str]:
+        return messages_of(self.records())
 
     def wait_ready(self, timeout: float = 30) -> None:
         wait_until(
@@ -171,3 +155,16 @@ class WorkerProcess:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@contextmanager
+def running_worker(
+    redis_url: str, name: str, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[WorkerProcess]:
+    """A started worker, stopped on the way out whatever happens (a killed one too)."""
+    worker = WorkerProcess(redis_url, name, workdir, env)
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()

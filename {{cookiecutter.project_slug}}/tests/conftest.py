@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.factory import create_app
 {%- if cookiecutter.job_backend == "celery" %}
-from tests.celery_processes import RedisServer, WorkerProcess, redis_server
+from tests.celery_processes import RedisServer, WorkerProcess, redis_server, running_worker
 {%- endif %}
 from tests.probes import Recorder, probe_router
 from tests.support import AUTH_HEADERS, LogCapture, make_settings
@@ -75,12 +75,8 @@ def celery_worker(
     redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerProcess]:
     """One real worker process for the job API tests, shared by the session."""
-    worker = WorkerProcess(redis_url, "api-tests", tmp_path_factory.mktemp("worker"))
-    try:
-        worker.wait_ready()
+    with running_worker(redis_url, "api-tests", tmp_path_factory.mktemp("worker")) as worker:
         yield worker
-    finally:
-        worker.stop()
 
 
 @pytest.fixture

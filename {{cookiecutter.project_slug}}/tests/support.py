@@ -58,6 +58,24 @@ def make_settings(**overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+def messages_of(records: list[dict[str, Any]], request_id: str | None = None) -> list[str]:
+    """The messages of JSON log records, optionally only those of one request."""
+    return [
+        r["message"] for r in records if request_id is None or r.get("request_id") == request_id
+    ]
+
+
+def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `condition()` until it returns something truthy; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 class LogCapture:
     """The service's log lines (JSON, one per line), captured from its real handler."""
 
@@ -75,20 +93,7 @@ class LogCapture:
         return [json.loads(line) for line in self.stream.getvalue().splitlines() if line]
 
     def messages(self, request_id: str | None = None) -> list[str]:
-        return [
-            r["message"]
-            for r in self.records()
-            if request_id is None or r.get("request_id") == request_id
-        ]
-
-    def wait_for(self, text: str, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for record in self.records():
-                if text in record["message"]:
-                    return record
-            time.sleep(0.02)
-        raise AssertionError(f"no log line containing {text!r}; got {self.messages()}")
+        return messages_of(self.records(), request_id)
 
 
 @contextmanager

@@ -12,8 +12,8 @@ import pytest
 
 from {{ cookiecutter.package_name }}.factory import create_app
 from {{ cookiecutter.package_name }}.jobs import celery_app
-from tests.celery_processes import RedisServer, WorkerProcess, wait_until
-from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings
+from tests.celery_processes import RedisServer, WorkerProcess, running_worker
+from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, wait_until
 
 # Short limits so a dead worker's task is redelivered within seconds: the visibility
 # timeout is 1.5 times the hard limit, and the sweep for abandoned tasks runs every
@@ -33,8 +33,12 @@ def final_state(http: httpx.Client, job_id: str, timeout: float, what: str) -> d
     return result
 
 
+def start_lines(worker: WorkerProcess, job_id: str) -> list[str]:
+    return [m for m in worker.messages() if m.startswith(f"job {job_id} ") and "started" in m]
+
+
 def started_by(worker: WorkerProcess, job_id: str) -> bool:
-    return any(m.startswith(f"job {job_id} ") and "started" in m for m in worker.messages())
+    return bool(start_lines(worker, job_id))
 
 
 def succeeded_lines(worker: WorkerProcess, job_id: str) -> list[str]:
@@ -67,26 +71,21 @@ def test_a_job_whose_worker_dies_is_finished_by_another_worker(
     """SIGKILL the whole worker mid-job (a machine dying): the task was not acked, so
     Redis hands it to the other worker once the visibility timeout passes, and the
     job succeeds once, with one result."""
-    first = WorkerProcess(private_redis.url, "first", tmp_path, FAST_REDELIVERY)
-    first.wait_ready()
-    response = celery_api.post("/reports", json={"rows": 4, "simulate_seconds": 2.5})
-    job_id = response.json()["id"]
-    wait_until(lambda: started_by(first, job_id), 15, "the first worker to start the job")
-    second = WorkerProcess(private_redis.url, "second", tmp_path, FAST_REDELIVERY)
-    try:
-        second.wait_ready()
-        assert job_state(celery_api, job_id)["status"] == "running"
-        killed_at = time.monotonic()
-        first.kill()
-        final = final_state(celery_api, job_id, 60, "the second worker to finish the job")
-        print(f"whole worker killed: job finished {time.monotonic() - killed_at:.1f}s later")
-        assert final["status"] == "succeeded", final
-        assert final["result"]["rows"] == 4
-        assert started_by(second, job_id)
-        assert succeeded_lines(first, job_id) == []
-        assert len(succeeded_lines(second, job_id)) == 1
-    finally:
-        second.stop()
+    with running_worker(private_redis.url, "first", tmp_path, FAST_REDELIVERY) as first:
+        response = celery_api.post("/reports", json={"rows": 4, "simulate_seconds": 2.5})
+        job_id = response.json()["id"]
+        wait_until(lambda: started_by(first, job_id), 15, "the first worker to start the job")
+        with running_worker(private_redis.url, "second", tmp_path, FAST_REDELIVERY) as second:
+            assert job_state(celery_api, job_id)["status"] == "running"
+            killed_at = time.monotonic()
+            first.kill()
+            final = final_state(celery_api, job_id, 60, "the second worker to finish the job")
+            print(f"whole worker killed: job finished {time.monotonic() - killed_at:.1f}s later")
+            assert final["status"] == "succeeded", final
+            assert final["result"]["rows"] == 4
+            assert started_by(second, job_id)
+            assert succeeded_lines(first, job_id) == []
+            assert len(succeeded_lines(second, job_id)) == 1
 
 
 def test_a_job_whose_pool_process_is_killed_is_run_again_at_once(
@@ -96,9 +95,7 @@ def test_a_job_whose_pool_process_is_killed_is_run_again_at_once(
     `task_reject_on_worker_lost` the task goes straight back to the queue."""
     # The default time limits: a short hard limit can fire before the worker notices
     # its pool process is gone, and a time limit fails the job instead of re-running it.
-    worker = WorkerProcess(private_redis.url, "oom", tmp_path)
-    try:
-        worker.wait_ready()
+    with running_worker(private_redis.url, "oom", tmp_path) as worker:
         job_id = celery_api.post("/reports", json={"rows": 4, "simulate_seconds": 2.0}).json()["id"]
         wait_until(lambda: started_by(worker, job_id), 15, "the worker to start the job")
         (pool_pid,) = worker.pool_pids()
@@ -107,11 +104,8 @@ def test_a_job_whose_pool_process_is_killed_is_run_again_at_once(
         final = final_state(celery_api, job_id, 30, "the job to be run again")
         print(f"pool process killed: job finished {time.monotonic() - killed_at:.1f}s later")
         assert final["status"] == "succeeded", final
-        starts = [m for m in worker.messages() if m.startswith(f"job {job_id} ") and "started" in m]
-        assert len(starts) == 2
+        assert len(start_lines(worker, job_id)) == 2
         assert len(succeeded_lines(worker, job_id)) == 1
-    finally:
-        worker.stop()
 
 
 def assert_unavailable_fast(http: httpx.Client, outage: str) -> None:
@@ -131,9 +125,7 @@ def assert_unavailable_fast(http: httpx.Client, outage: str) -> None:
 def test_redis_down_gives_a_fast_503_and_the_service_recovers_by_itself(
     private_redis: RedisServer, celery_api: httpx.Client, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess(private_redis.url, "outage", tmp_path)
-    try:
-        worker.wait_ready()
+    with running_worker(private_redis.url, "outage", tmp_path):
         assert celery_api.get("/health/ready").status_code == 200
         assert celery_api.post("/reports", json={"rows": 1}).status_code == 202
 
@@ -157,8 +149,6 @@ def test_redis_down_gives_a_fast_503_and_the_service_recovers_by_itself(
             interval=0.5,
         )
         print(f"Redis back: ready again after {time.monotonic() - back_at:.1f}s")
-    finally:
-        worker.stop()
 
 
 def test_readiness_says_when_no_worker_answers(celery_api: httpx.Client) -> None:
@@ -174,9 +164,7 @@ def test_readiness_says_when_no_worker_answers(celery_api: httpx.Client) -> None
 def test_the_request_id_reaches_every_log_line_the_worker_writes_for_the_task(
     private_redis: RedisServer, celery_api: httpx.Client, tmp_path: Path
 ) -> None:
-    worker = WorkerProcess(private_redis.url, "trace", tmp_path)
-    try:
-        worker.wait_ready()
+    with running_worker(private_redis.url, "trace", tmp_path) as worker:
         response = celery_api.post(
             "/reports", json={"rows": 2}, headers={"X-Request-ID": "trace-worker"}
         )
@@ -190,5 +178,3 @@ def test_the_request_id_reaches_every_log_line_the_worker_writes_for_the_task(
         assert f"job {job_id} (build_report) started, attempt 1" in messages
         trace_line = f"Task {celery_app.RUN_JOB_TASK}[{job_id}] succeeded"
         assert any(m.startswith(trace_line) for m in messages), messages
-    finally:
-        worker.stop()

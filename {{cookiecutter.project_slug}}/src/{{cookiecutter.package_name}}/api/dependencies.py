@@ -17,7 +17,7 @@ def job_queue(
 ) -> JobQueue:
     # FastAPI hands every dependency of a request the same BackgroundTasks object; the
     # in-process backend queues its jobs on it, to run after the response.
-    return JobQueue(backend, lambda run: background_tasks.add_task(run))
+    return JobQueue(backend, background_tasks.add_task)
 
 
 JobQueueDep = Annotated[JobQueue, Depends(job_queue)]

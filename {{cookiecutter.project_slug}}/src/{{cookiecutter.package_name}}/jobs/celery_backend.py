@@ -10,6 +10,7 @@ import logging
 
 import anyio.to_thread
 import redis
+from celery.backends.redis import RedisBackend
 from kombu.exceptions import KombuError
 
 from ..settings import Settings
@@ -30,7 +31,6 @@ from .models import (
     describe_error,
 )
 from .queue import RunAfterResponse
-from .registry import find_job
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +53,13 @@ class CeleryBackend:
 
     def __init__(self, settings: Settings) -> None:
         self.app = create_celery_app(settings)
-        self.redis = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-        )
+        result_store = self.app.backend
+        assert isinstance(result_store, RedisBackend), "REDIS_URL is the result backend"
+        # Readiness pings Redis with the result store's own client: the same server,
+        # the same short timeouts, no second connection pool.
+        self.redis = result_store.client
 
     async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
-        find_job(job.name)  # an unknown name fails here, not later in a worker
         await anyio.to_thread.run_sync(self._publish, job)
 
     def _publish(self, job: JobRequest) -> None:
@@ -118,5 +117,4 @@ class CeleryBackend:
         await anyio.to_thread.run_sync(self._close)
 
     def _close(self) -> None:
-        self.redis.close()
         self.app.close()

@@ -47,8 +47,10 @@ class InMemoryJobStore:
             return self._jobs.get(job_id)
 
     def _forget_oldest_finished(self) -> None:
-        finished = (JobStatus.SUCCEEDED, JobStatus.FAILED)
         excess = len(self._jobs) - self._max_jobs
+        if excess <= 0:
+            return
+        finished = (JobStatus.SUCCEEDED, JobStatus.FAILED)
         for job_id in [i for i, s in self._jobs.items() if s.status in finished][:excess]:
             del self._jobs[job_id]
 
@@ -60,7 +62,6 @@ class InProcessBackend:
         self.store = store if store is not None else InMemoryJobStore()
 
     async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
-        find_job(job.name)  # fail now, in the request, for a name that is not registered
         self.store.add(job.id)
         run_after_response(lambda: self.run(job))
 

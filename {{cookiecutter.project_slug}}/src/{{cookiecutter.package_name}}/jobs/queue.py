@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from ..context import request_id_var
 from .models import JobRequest, JobState
+from .registry import find_job
 
 # Schedules a callable to run once the response has been sent (BackgroundTasks in
 # the API). The in-process backend runs jobs through it; a backend that runs jobs
@@ -44,6 +45,7 @@ class JobQueue:
         self._run_after_response = run_after_response
 
     async def submit(self, name: str, params: Mapping[str, Any]) -> str:
+        find_job(name)  # an unknown name fails here, in the request, on any backend
         job = JobRequest(
             id=uuid.uuid4().hex, name=name, params=dict(params), request_id=request_id_var.get()
         )

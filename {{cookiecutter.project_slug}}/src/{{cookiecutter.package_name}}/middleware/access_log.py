@@ -13,7 +13,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-logger = logging.getLogger("{{ cookiecutter.package_name }}.access")
+# `<package>.access`: one name to filter or silence access lines by.
+logger = logging.getLogger(__name__.partition(".")[0] + ".access")
 
 # Where an endpoint leaves fields for the access line; see `add_access_log_fields`.
 ACCESS_LOG_FIELDS_KEY = "access_log_fields"

@@ -19,7 +19,7 @@ def new_request_id() -> str:
 
 
 class RequestIdMiddleware:
-    """Set the request id for the request's context, `scope["state"]` and response.
+    """Set the request id in the request's context (`request_id_var`) and response.
 
     HTTP and websocket scopes get an id; lifespan passes through untouched.
     """
@@ -35,7 +35,6 @@ class RequestIdMiddleware:
 
         incoming = Headers(scope=scope).get(self.header_name)
         request_id = incoming if incoming and VALID_REQUEST_ID.match(incoming) else new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_request_id(message: Message) -> None:
             if message["type"] in ("http.response.start", "websocket.accept"):
