@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio.to_thread
 import httpx2 as httpx
 import pytest
 from fastapi import FastAPI
@@ -21,6 +22,7 @@ from tests.support import (
     PACKAGE,
     LogCapture,
     free_port,
+    live_server,
     make_settings,
     wait_until,
     with_source_on_path,
@@ -89,3 +91,31 @@ async def test_several_server_workers_are_warned_about_at_start_up(logs: LogCapt
     await run_lifespan(app, nothing)
     (warning,) = [r for r in logs.records() if r["level"] == "WARNING"]
     assert warning["message"].startswith("in-process jobs with 4 server workers")
+
+
+def test_jobs_wait_for_a_slot_of_their_own_and_leave_the_threadpool_free() -> None:
+    """Jobs beyond `INPROCESS_JOB_CONCURRENCY` wait, queued; running ones take no thread
+    from the pool that sync endpoints and dependencies need, so a burst of long jobs
+    cannot hold requests up."""
+    app: FastAPI = create_app(make_settings(inprocess_job_concurrency=1))
+
+    @app.get("/test/threadpool")
+    async def threadpool() -> dict[str, float]:
+        return {"borrowed": anyio.to_thread.current_default_thread_limiter().borrowed_tokens}
+
+    with (
+        live_server(app) as url,
+        httpx.Client(base_url=url, headers=AUTH_HEADERS, timeout=10) as http,
+    ):
+        body = {"rows": 4, "simulate_seconds": 1.5}
+        first, second = (http.post("/reports", json=body).json()["id"] for _ in range(2))
+
+        def status(job_id: str) -> str:
+            state: str = http.get(f"/jobs/{job_id}").json()["status"]
+            return state
+
+        wait_until(lambda: status(first) == "running", 5, "the first job to start")
+        assert status(second) == "queued"
+        assert http.get("/test/threadpool").json() == {"borrowed": 0}
+        wait_until(lambda: status(second) == "succeeded", 10, "the second job to end")
+        assert status(first) == "succeeded"

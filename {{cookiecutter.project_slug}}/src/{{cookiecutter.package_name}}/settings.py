@@ -58,6 +58,14 @@ class Settings(BaseSettings):
         ),
     )
 {%- endif %}
+    inprocess_job_concurrency: int = Field(
+        default=4,
+        ge=1,
+        description=(
+            "In-process jobs running at once, each in a thread; the rest wait, queued. "
+            "Threads help jobs that wait on I/O; CPU-bound Python code runs one at a time."
+        ),
+    )
     max_request_body_bytes: int = Field(
         default=1_048_576,
         ge=0,

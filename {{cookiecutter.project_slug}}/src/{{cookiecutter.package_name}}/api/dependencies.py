@@ -7,12 +7,14 @@ from fastapi import BackgroundTasks, Depends, Request
 from ..jobs import JobBackend, JobQueue
 
 
-def job_backend(request: Request) -> JobBackend:
+# `async def`, though they await nothing: FastAPI runs a plain `def` dependency in the
+# threadpool, a thread hop per request for a lookup.
+async def job_backend(request: Request) -> JobBackend:
     backend: JobBackend = request.app.state.job_backend
     return backend
 
 
-def job_queue(
+async def job_queue(
     backend: Annotated[JobBackend, Depends(job_backend)], background_tasks: BackgroundTasks
 ) -> JobQueue:
     # FastAPI hands every dependency of a request the same BackgroundTasks object; the

@@ -19,9 +19,8 @@ def build_job_backend(settings: Settings) -> JobBackend:
 
         return CeleryBackend(settings)
     {%- else %}
-    del settings  # one backend in this project; JOBS_BACKEND can only say "inprocess"
     {%- endif %}
-    return InProcessBackend()
+    return InProcessBackend(concurrency=settings.inprocess_job_concurrency)
 
 
 __all__ = [

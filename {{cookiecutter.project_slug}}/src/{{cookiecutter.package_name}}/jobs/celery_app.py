@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.backends.redis import RedisBackend
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -51,6 +52,19 @@ MAX_RETRIES = 3
 REDIS_TIMEOUT_SECONDS = 1.0
 
 
+class PollingRedisBackend(RedisBackend):
+    """Celery's Redis result store, without the subscription `send_task` makes.
+
+    Celery subscribes the sender to each new task's result channel so that
+    `AsyncResult.get()` could wait on it. This service never waits: `GET /jobs/{id}`
+    reads the stored state. The subscription cost two more Redis commands a job and a
+    pub/sub connection per API thread (measured by bench/run.py).
+    """
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        return None
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     hard_limit = settings.job_time_limit_seconds
     # Redis redelivers a task whose worker has not acked it within the visibility
@@ -66,7 +80,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        # `<class>+<url>`: Celery's own notation for a result store class of one's own.
+        "result_backend": f"{__name__}:{PollingRedisBackend.__name__}+{settings.redis_url}",
         # JSON only: pickle would let anyone who can write to Redis run code here.
         "task_serializer": "json",
         "result_serializer": "json",

@@ -1,14 +1,18 @@
 """Run jobs on Celery workers through Redis: durable, retried, and scaled out by
 starting more workers, on any machine that reaches the same Redis.
 
-Every call into Celery or Redis blocks, so each runs in the threadpool, with short
-timeouts: a Redis that is down or hung costs a request about a second, never the
-event loop.
+Every call into Celery or Redis blocks, so each runs in a thread, with short timeouts:
+a Redis that is down or hung costs a request about a second, never the event loop.
 """
 
+import asyncio
+import contextvars
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
 
-import anyio.to_thread
 import redis
 from celery.backends.redis import RedisBackend
 from kombu.exceptions import KombuError
@@ -34,6 +38,13 @@ from .queue import RunAfterResponse
 
 logger = logging.getLogger(__name__)
 
+# Celery keeps a Redis client per thread. A few threads of its own keep that to a few
+# warm connections, where the shared threadpool would grow one per thread (up to 40),
+# each connected on its first job.
+CLIENT_THREADS = 4
+
+T = TypeVar("T")
+
 # What a broken connection to Redis looks like, depending on which layer noticed.
 UNAVAILABLE_ERRORS = (redis.RedisError, KombuError, OSError, RuntimeError)
 
@@ -58,14 +69,22 @@ class CeleryBackend:
         # Readiness pings Redis with the result store's own client: the same server,
         # the same short timeouts, no second connection pool.
         self.redis = result_store.client
+        self.retention_seconds = settings.job_retention_seconds
+        self._threads = ThreadPoolExecutor(CLIENT_THREADS, thread_name_prefix="celery-client")
+
+    async def _in_thread(self, call: Callable[[], T]) -> T:
+        context = contextvars.copy_context()  # the request id, for the log lines
+        return await asyncio.get_running_loop().run_in_executor(self._threads, context.run, call)
 
     async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
-        await anyio.to_thread.run_sync(self._publish, job)
+        await self._in_thread(partial(self._publish, job))
+        # Logged here, on the event loop: from the client thread, the line would
+        # contend for the log handler's lock with the loop's access lines.
+        logger.info("job %s (%s) queued", job.id, job.name)
 
     def _publish(self, job: JobRequest) -> None:
         try:
-            # Recorded before publishing: from now on the id reads QUEUED, not PENDING.
-            self.app.backend.store_result(job.id, {"progress": 0}, QUEUED)
+            self._record_queued(job.id)
             self.app.send_task(
                 RUN_JOB_TASK,
                 args=(job.name, job.params),
@@ -74,10 +93,19 @@ class CeleryBackend:
             )
         except UNAVAILABLE_ERRORS as exc:
             raise JobBackendUnavailableError(describe_error(exc)) from exc
-        logger.info("job %s (%s) queued", job.id, job.name)
+
+    def _record_queued(self, job_id: str) -> None:
+        """Store the id as QUEUED before publishing: from then on it reads QUEUED, not
+        PENDING. One SET where `store_result` makes two round trips (it reads first, to
+        never overwrite a finished task; a new id has nothing to overwrite)."""
+        store = self.app.backend  # Celery keeps one per thread
+        assert isinstance(store, RedisBackend)
+        meta = {"status": QUEUED, "result": {"progress": 0}, "task_id": job_id}
+        key, value = store.get_key_for_task(job_id), store.encode(meta)
+        store.client.set(key, value, ex=self.retention_seconds)
 
     async def get(self, job_id: str) -> JobState | None:
-        return await anyio.to_thread.run_sync(self._read_state, job_id)
+        return await self._in_thread(partial(self._read_state, job_id))
 
     def _read_state(self, job_id: str) -> JobState | None:
         try:
@@ -100,7 +128,7 @@ class CeleryBackend:
         return JobState(id=job_id, status=status, progress=progress)
 
     async def check_dependencies(self) -> dict[str, str]:
-        return await anyio.to_thread.run_sync(self._check_dependencies)
+        return await self._in_thread(self._check_dependencies)
 
     def _check_dependencies(self) -> dict[str, str]:
         try:
@@ -114,7 +142,5 @@ class CeleryBackend:
         return {"redis": "ok", "worker": "ok" if replies else "no worker answered"}
 
     async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self._close)
-
-    def _close(self) -> None:
-        self.app.close()
+        await self._in_thread(self.app.close)
+        self._threads.shutdown()

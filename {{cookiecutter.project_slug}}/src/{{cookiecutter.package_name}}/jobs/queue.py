@@ -7,7 +7,7 @@ The backend is picked once, at start-up, from `JOBS_BACKEND`.
 """
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from ..context import request_id_var
@@ -17,7 +17,7 @@ from .registry import find_job
 # Schedules a callable to run once the response has been sent (BackgroundTasks in
 # the API). The in-process backend runs jobs through it; a backend that runs jobs
 # elsewhere ignores it.
-RunAfterResponse = Callable[[Callable[[], None]], None]
+RunAfterResponse = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 class JobBackend(Protocol):

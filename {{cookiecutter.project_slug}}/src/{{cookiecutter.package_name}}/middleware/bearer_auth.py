@@ -8,9 +8,10 @@ and never calls the app, so no body is read and no endpoint code runs.
 import hmac
 from collections.abc import Collection
 
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .asgi_headers import request_header
 
 PUBLIC_PATHS = ("/health/live", "/health/ready")
 # RFC 6455 close code for "policy violation"; before `accept` the server answers 403.
@@ -32,7 +33,8 @@ class BearerAuthMiddleware:
             await self.app(scope, receive, send)
             return
 
-        scheme, _, credentials = Headers(scope=scope).get("authorization", "").partition(" ")
+        authorization = (request_header(scope, b"authorization") or b"").decode("latin-1")
+        scheme, _, credentials = authorization.partition(" ")
         presented = credentials.strip().encode()
         # compare_digest takes as long for a near miss as for a wild guess.
         if scheme.lower() == "bearer" and hmac.compare_digest(presented, self.expected):

@@ -6,9 +6,10 @@ FastAPI's own `max_body_size`, which the app factory sets to the same limit: tha
 limit needs the app to read the body, and answers a declared oversize in plain text.
 """
 
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .asgi_headers import request_header
 
 
 class ContentLengthLimitMiddleware:
@@ -20,7 +21,7 @@ class ContentLengthLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
+        declared = request_header(scope, b"content-length") or b""
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             response = JSONResponse({"detail": "Content Too Large"}, status_code=413)
             await response(scope, receive, send)

@@ -1,21 +1,23 @@
 """Give every request an id: keep a valid incoming `X-Request-ID`, else make one."""
 
+import os
 import re
-import uuid
 
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..context import request_id_var
+from .asgi_headers import request_header
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # What a well-behaved proxy or client sends: UUIDs, hex, ULIDs and the like. Anything
 # else (CR/LF, spaces, very long values) could forge log lines or bloat them.
-VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    # 32 hex digits of the OS's randomness, as `uuid.uuid4().hex` has (less its 6 fixed
+    # bits), without building a UUID object: a few microseconds less per request.
+    return os.urandom(16).hex()
 
 
 class RequestIdMiddleware:
@@ -26,20 +28,25 @@ class RequestIdMiddleware:
 
     def __init__(self, app: ASGIApp, header_name: str = REQUEST_ID_HEADER) -> None:
         self.app = app
-        self.header_name = header_name
+        self.header_key = header_name.lower().encode("latin-1")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
 
-        incoming = Headers(scope=scope).get(self.header_name)
-        request_id = incoming if incoming and VALID_REQUEST_ID.match(incoming) else new_request_id()
+        incoming = request_header(scope, self.header_key)
+        if incoming is not None and VALID_REQUEST_ID.match(incoming):
+            request_id = incoming.decode("ascii")
+        else:
+            request_id = new_request_id()
+        header = (self.header_key, request_id.encode("ascii"))
 
         async def send_with_request_id(message: Message) -> None:
             if message["type"] in ("http.response.start", "websocket.accept"):
-                headers = MutableHeaders(scope=message)
-                headers[self.header_name] = request_id
+                # Ours replaces any the app set: the header must match the log lines.
+                headers = [(k, v) for k, v in message.get("headers", ()) if k != self.header_key]
+                message["headers"] = [*headers, header]
             await send(message)
 
         token = request_id_var.set(request_id)

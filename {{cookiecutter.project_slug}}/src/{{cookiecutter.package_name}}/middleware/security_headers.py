@@ -3,8 +3,9 @@ one of these headers itself keeps its own value."""
 
 from collections.abc import Collection
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .asgi_headers import raw_headers
 
 DEFAULT_HEADERS: dict[str, str] = {
     "X-Content-Type-Options": "nosniff",
@@ -19,6 +20,11 @@ API_CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
 DOCS_PATHS = ("/docs", "/redoc")
 HSTS = "max-age=63072000; includeSubDomains"
 
+# Encoded once, not for every response.
+RAW_DEFAULT_HEADERS = raw_headers(DEFAULT_HEADERS)
+RAW_CSP = raw_headers({"Content-Security-Policy": API_CONTENT_SECURITY_POLICY})
+RAW_HSTS = raw_headers({"Strict-Transport-Security": HSTS})
+
 
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, relaxed_csp_paths: Collection[str] = DOCS_PATHS) -> None:
@@ -30,19 +36,19 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
-        strict_csp = not scope["path"].startswith(self.relaxed_csp_paths)
+        defaults = RAW_DEFAULT_HEADERS
+        if not scope["path"].startswith(self.relaxed_csp_paths):
+            defaults += RAW_CSP
         # Browsers ignore HSTS over plain HTTP; send it only where it means something.
-        over_https = scope.get("scheme") == "https"
+        if scope.get("scheme") == "https":
+            defaults += RAW_HSTS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in DEFAULT_HEADERS.items():
-                    headers.setdefault(name, value)
-                if strict_csp:
-                    headers.setdefault("Content-Security-Policy", API_CONTENT_SECURITY_POLICY)
-                if over_https:
-                    headers.setdefault("Strict-Transport-Security", HSTS)
+                headers = list(message.get("headers", ()))  # a new list: see asgi_headers
+                present = {name for name, _ in headers}
+                headers += [(name, value) for name, value in defaults if name not in present]
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -1,0 +1,134 @@
+"""The apps `bench/run.py` serves, one uvicorn process each: `uvicorn --factory apps:<name>`.
+
+Imported by uvicorn in the *generated project's* virtualenv, with this folder on
+`PYTHONPATH` and `BENCH_PACKAGE` naming the generated package. Settings come from the
+environment, as in production (`LOG_LEVEL`, `LOG_FORMAT`, `JOBS_BACKEND`, `REDIS_URL`).
+
+- `generated`: the service as it ships, `create_app()`.
+- `no_middleware`: the same app with its middleware list emptied; everything else
+  (routers, error handlers, FastAPI's `max_body_size`, logging) is unchanged.
+- `base_http`: `no_middleware` plus the same behaviour written the way most FastAPI code
+  writes it, as `@app.middleware("http")` functions (`BaseHTTPMiddleware`): request id,
+  access line + `Server-Timing`, security headers, `Content-Length` limit. It lives
+  here, never in the generated service.
+- `bare`: a plain FastAPI app with one route, for scale.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+CallNext = Callable[[Request], Awaitable[Response]]
+
+PACKAGE = os.environ["BENCH_PACKAGE"]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
+
+
+def _generated(module: str) -> Any:
+    return importlib.import_module(f"{PACKAGE}.{module}")
+
+
+def generated() -> FastAPI:
+    app: FastAPI = _generated("factory").create_app()
+    return app
+
+
+def no_middleware() -> FastAPI:
+    app = generated()
+    # Read when the stack is built, at the first request.
+    app.outer_middleware = []  # type: ignore[attr-defined]
+    return app
+
+
+def base_http() -> FastAPI:
+    """`no_middleware` plus the generated stack's work, as four `BaseHTTPMiddleware`s."""
+    app = no_middleware()
+    request_id_var = _generated("context").request_id_var
+    access_logger = logging.getLogger(f"{PACKAGE}.access")
+    max_body_bytes = app.state.settings.max_request_body_bytes
+
+    # Registered innermost first: `app.middleware` puts each new one outside the last.
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: CallNext) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            return JSONResponse({"detail": "Content Too Large"}, status_code=413)
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: CallNext) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if not request.url.path.startswith(("/docs", "/redoc")):
+            response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        return response
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: CallNext) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        duration_ms = (time.perf_counter() - started) * 1000
+        response.headers.append("Server-Timing", f"app;dur={duration_ms:.1f}")
+        access_logger.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.url.path,
+            response.status_code,
+            duration_ms,
+            extra={
+                "http": {
+                    "method": request.method,
+                    "path": request.url.path,
+                    "status": response.status_code,
+                    "duration_ms": round(duration_ms, 3),
+                }
+            },
+        )
+        return response
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: CallNext) -> Response:
+        incoming = request.headers.get(REQUEST_ID_HEADER)
+        valid = incoming and VALID_REQUEST_ID.match(incoming)
+        value = incoming if valid else uuid.uuid4().hex
+        token = request_id_var.set(value)
+        try:
+            response = await call_next(request)
+        finally:
+            request_id_var.reset(token)
+        response.headers[REQUEST_ID_HEADER] = value
+        return response
+
+    return app
+
+
+def bare() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,1009 @@
+"""Benchmark the generated service: middleware cost, response time while heavy jobs run,
+enqueue throughput, and the cost of generating a project. Everything side by side in one
+run, on loopback, bounded in time; a Markdown table and JSON go to a results folder.
+
+From the template's checkout, with its dev requirements installed (cookiecutter):
+
+    python bench/run.py                  # about 8 minutes on 2 cores
+    python bench/run.py --quick          # about 3 minutes, fewer and shorter rounds
+
+It bakes the template twice (job_backend=inprocess and celery), installs each bake into
+a fresh virtualenv and runs its test suite (part 4: the cost of generation), then serves
+the bakes with uvicorn, one process per variant, and loads them with wrk (an asyncio
+client when wrk is missing). Redis runs as a private `redis-server` on a free port, with
+a real Celery worker where jobs must run. Read docs/benchmarks.md for what is measured
+and how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import (
+    HOST,
+    LoadResult,
+    Request,
+    Sample,
+    open_loop,
+    percentile,
+    saturate,
+    wrk_available,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+BACKENDS = ("inprocess", "celery")
+SIMULATE_SECONDS = (0.0, 1.0, 5.0)
+LIVE = Request("GET", "/health/live")
+# Targets from the issue, checked on the ratios this run measured.
+TARGET_STACK_VS_NO_MIDDLEWARE = 0.90
+TARGET_STACK_VS_BASE_HTTP = 4.0
+TARGET_POST_P99_VS_LIVE_P99 = 2.0
+STARTUP_TIMEOUT = 30.0
+
+
+def progress(text: str) -> None:
+    print(f"[bench {datetime.now().strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Processes:
+    """Every process the benchmark starts, each in its own process group, all stopped
+    on the way out, whatever happens."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, name: str, command: Sequence[str | Path], **options: Any
+    ) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [str(part) for part in command],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **options,
+        )
+        log.close()
+        self.running.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `grace`: a server with a backlog of in-process jobs
+        would otherwise finish them all before it exits."""
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if process in self.running:
+            self.running.remove(process)
+
+    def stop_all(self) -> None:
+        for process in reversed(list(self.running)):
+            self.stop(process, grace=2.0)
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def answers(port: int, path: str, status: int = 200) -> bool:
+    try:
+        return http_get(port, path, timeout=2.0)[0] == status
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- bakes
+
+
+@dataclass
+class Bake:
+    backend: str
+    project: Path
+    package: str
+    python: Path  # an interpreter that has the project's dependencies
+    on_path: bool  # True: the project is not installed, put its src on PYTHONPATH
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
+            and not key.startswith("PYTEST_")
+        }
+        env["PATH"] = f"{self.python.parent}{os.pathsep}{env.get('PATH', '')}"
+        paths = [str(BENCH_DIR)] + ([str(self.project / "src")] if self.on_path else [])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["BENCH_PACKAGE"] = self.package
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.update(extra)
+        return env
+
+
+def cookiecutter_config(workdir: Path) -> Path:
+    """Keep cookiecutter's replay files and clone cache out of the user's home."""
+    config = workdir / "cookiecutter-config.yaml"
+    if not config.exists():
+        config.write_text(
+            f'cookiecutters_dir: "{workdir / "cookiecutters"}"\n'
+            f'replay_dir: "{workdir / "replay"}"\n'
+        )
+    return config
+
+
+def bake(template: Path, backend: str, output: Path, workdir: Path) -> Path:
+    from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
+
+    project = cookiecutter(
+        str(template),
+        no_input=True,
+        extra_context={"job_backend": backend},
+        output_dir=str(output),
+        config_file=str(cookiecutter_config(workdir)),
+    )
+    return Path(project)
+
+
+def package_of(project: Path) -> str:
+    packages = sorted(p.parent.name for p in (project / "src").glob("*/factory.py"))
+    if len(packages) != 1:
+        raise RuntimeError(f"expected one package under {project / 'src'}, found {packages}")
+    return packages[0]
+
+
+def timed(command: Sequence[str | Path], log: Path, **options: Any) -> tuple[float, str]:
+    started = time.perf_counter()
+    completed = subprocess.run(
+        [str(part) for part in command], capture_output=True, text=True, check=False, **options
+    )
+    elapsed = time.perf_counter() - started
+    log.write_text(completed.stdout + completed.stderr)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(map(str, command))} failed ({completed.returncode}); see {log}:\n"
+            + (completed.stdout + completed.stderr)[-3000:]
+        )
+    return elapsed, completed.stdout
+
+
+def generation_cost(
+    args: argparse.Namespace, workdir: Path, logs: Path
+) -> tuple[dict[str, Any], dict[str, Bake]]:
+    """Part 4: time to bake; time to bake, install and pass the generated tests."""
+    results: dict[str, Any] = {"bake_repeats": args.bake_repeats, "backends": {}}
+    bakes: dict[str, Bake] = {}
+    for backend in BACKENDS:
+        times = []
+        for attempt in range(args.bake_repeats):
+            output = workdir / f"bake-timing-{backend}-{attempt}"
+            started = time.perf_counter()
+            bake(args.template, backend, output, workdir)
+            times.append(time.perf_counter() - started)
+            shutil.rmtree(output)
+        row: dict[str, Any] = {"bake_seconds": times}
+
+        started = time.perf_counter()
+        project = bake(args.template, backend, workdir / f"bake-{backend}", workdir)
+        bake_seconds = time.perf_counter() - started
+        package = package_of(project)
+        if args.python is not None:
+            bakes[backend] = Bake(backend, project, package, args.python, on_path=True)
+            row["install"] = f"skipped: --python {args.python} given"
+        else:
+            venv = workdir / f"venv-{backend}"
+            progress(f"{backend}: fresh virtualenv, pip install -e '.[dev]'")
+            venv_seconds, _ = timed(
+                [sys.executable, "-m", "venv", venv], logs / f"venv-{backend}.log"
+            )
+            python = venv / "bin" / "python"
+            pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-e", ".[dev]"]
+            install_seconds, _ = timed(pip, logs / f"install-{backend}.log", cwd=project)
+            bake_env = Bake(backend, project, package, python, on_path=False)
+            bakes[backend] = bake_env
+            if not args.run_generated_tests:
+                row["tests"] = "not run: part 'generation' not asked for"
+                results["backends"][backend] = row
+                continue
+            progress(f"{backend}: running the generated test suite")
+            test_env = bake_env.env(REQUIRE_REDIS="1")
+            del test_env["PYTHONPATH"]
+            test_seconds, output = timed(
+                [python, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                logs / f"tests-{backend}.log",
+                cwd=project,
+                env=test_env,
+            )
+            summary = re.findall(r"(\d+) (passed|failed|skipped|errors?)", output)
+            counts = {kind: int(number) for number, kind in summary}
+            row.update(
+                bake_once_seconds=bake_seconds,
+                venv_seconds=venv_seconds,
+                install_seconds=install_seconds,
+                test_seconds=test_seconds,
+                tests=counts,
+                total_seconds=bake_seconds + venv_seconds + install_seconds + test_seconds,
+            )
+        results["backends"][backend] = row
+        progress(f"{backend}: generation measured")
+    return results, bakes
+
+
+# --------------------------------------------------------------------------- services
+
+
+@dataclass
+class Service:
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+def start_api(
+    processes: Processes, bake: Bake, factory: str, name: str, run_dir: Path, **env: str
+) -> Service:
+    port = free_port()
+    settings = {"LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "JOBS_BACKEND": bake.backend, **env}
+    command = [
+        bake.python, "-m", "uvicorn", "--factory", f"apps:{factory}",
+        "--host", HOST, "--port", str(port), "--no-access-log",
+    ]  # fmt: skip
+    # cwd: a folder of our own, so no developer `.env` changes the settings.
+    process = processes.start(name, command, cwd=run_dir, env=bake.env(**settings))
+    wait_until(
+        lambda: answers(port, LIVE.path) or process.poll() is not None,
+        STARTUP_TIMEOUT,
+        f"{name} to answer",
+    )
+    if process.poll() is not None:
+        raise RuntimeError(f"{name} exited; see {processes.logs / (name + '.log')}")
+    return Service(port, process)
+
+
+@dataclass
+class Redis:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(
+            ["redis-cli", "-h", HOST, "-p", str(self.port), *args],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+
+
+def start_redis(processes: Processes, run_dir: Path, name: str) -> Redis:
+    if shutil.which("redis-server") is None:
+        raise RuntimeError(
+            "redis-server is not on PATH (Debian/Ubuntu: apt-get install redis-server)"
+        )
+    port = free_port()
+    command = [
+        "redis-server", "--port", str(port), "--bind", HOST, "--save", "",
+        "--appendonly", "no", "--dir", str(run_dir), "--maxmemory-policy", "noeviction",
+    ]  # fmt: skip
+    process = processes.start(name, command, cwd=run_dir)
+    redis = Redis(port, process)
+
+    def pong() -> bool:
+        try:
+            return redis.cli("ping").strip() == "PONG"
+        except subprocess.CalledProcessError:
+            return False
+
+    wait_until(pong, STARTUP_TIMEOUT, "redis-server")
+    return redis
+
+
+def start_worker(processes: Processes, bake: Bake, redis: Redis, run_dir: Path, name: str) -> None:
+    command = [
+        bake.python, "-m", "celery", "-A", f"{bake.package}.worker", "worker",
+        "--pool", "prefork", "--concurrency", "2", "--without-gossip", "--without-mingle",
+        "--loglevel", "INFO",
+    ]  # fmt: skip
+    env = bake.env(REDIS_URL=redis.url, LOG_LEVEL="INFO", LOG_FORMAT="text")
+    processes.start(name, command, cwd=run_dir, env=env)
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+@dataclass
+class Variant:
+    name: str
+    factory: str
+    log_level: str
+    description: str
+    results: list[LoadResult] = field(default_factory=list)
+
+
+def middleware_variants() -> list[Variant]:
+    no_line = "LOG_LEVEL=WARNING: no access line"
+    return [
+        Variant("bare", "bare", "INFO", "plain FastAPI, one route, no middleware (for scale)"),
+        Variant("no_middleware", "no_middleware", "INFO", "the generated app, stack emptied"),
+        Variant("generated", "generated", "INFO", "the generated app as it ships"),
+        Variant("base_http", "base_http", "INFO", "no_middleware + the same work as 4 BaseHTTP"),
+        Variant("generated@WARNING", "generated", "WARNING", f"as `generated`, {no_line}"),
+        Variant("base_http@WARNING", "base_http", "WARNING", f"as `base_http`, {no_line}"),
+    ]
+
+
+def ratio_stats(values: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def middleware_cost(
+    args: argparse.Namespace, bake: Bake, processes: Processes, run_dir: Path
+) -> dict[str, Any]:
+    """Part 1: the same app with the stack, without it, and with BaseHTTPMiddleware."""
+    variants = middleware_variants()
+    services = {}
+    for variant in variants:
+        services[variant.name] = start_api(
+            processes,
+            bake,
+            variant.factory,
+            f"mw-{variant.name}",
+            run_dir,
+            LOG_LEVEL=variant.log_level,
+        )
+    for variant in variants:  # warm-up: imports, caches, the first route match
+        saturate(services[variant.name].port, LIVE, 1, args.connections)
+    for number in range(args.rounds):
+        # Alternate the order so a burst from a neighbour lands on all variants alike.
+        for variant in variants if number % 2 == 0 else reversed(variants):
+            result = saturate(services[variant.name].port, LIVE, args.seconds, args.connections)
+            if result.unexpected or result.errors:
+                raise RuntimeError(
+                    f"{variant.name}: {result.unexpected} non-2xx, {result.errors} errors"
+                )
+            variant.results.append(result)
+        progress(f"middleware: round {number + 1}/{args.rounds}")
+    for service in services.values():
+        processes.stop(service.process)
+
+    by_name = {variant.name: variant for variant in variants}
+
+    def per_round(name: str, baseline: str) -> list[float]:
+        return [
+            mine.per_second / base.per_second
+            for mine, base in zip(by_name[name].results, by_name[baseline].results, strict=True)
+        ]
+
+    rows = []
+    for variant in variants:
+        rows.append(
+            {
+                "variant": variant.name,
+                "log_level": variant.log_level,
+                "description": variant.description,
+                "requests_per_second": ratio_stats([r.per_second for r in variant.results]),
+                "p50_ms": statistics.median(r.p50_ms for r in variant.results),
+                "p99_ms": statistics.median(r.p99_ms for r in variant.results),
+                "vs_no_middleware": ratio_stats(per_round(variant.name, "no_middleware")),
+            }
+        )
+    pairs = [
+        ("generated", "no_middleware", ""),
+        ("generated", "base_http", ""),
+        ("generated@WARNING", "no_middleware", "@WARNING"),
+        ("generated@WARNING", "base_http@WARNING", "@WARNING"),
+    ]
+    comparisons = {
+        f"generated_vs_{baseline.partition('@')[0]}{suffix}": ratio_stats(per_round(mine, baseline))
+        for mine, baseline, suffix in pairs
+    }
+    return {
+        "load": f"{'wrk' if wrk_available() else 'python client'}, 1 thread, "
+        f"{args.connections} connections, {args.seconds:g} s a turn, {args.rounds} rounds",
+        "rows": rows,
+        "comparisons": comparisons,
+    }
+
+
+# --------------------------------------------------------------------------- part 2
+
+
+def report_request(rows: int, simulate_seconds: float) -> Request:
+    body = json.dumps({"rows": rows, "simulate_seconds": simulate_seconds}).encode()
+    return Request("POST", "/reports", body)
+
+
+def latency_summary(samples: Sequence[Sample]) -> dict[str, float]:
+    latencies = [s.latency_ms for s in samples]
+    return {
+        "p50_ms": percentile(latencies, 0.5),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": max(latencies),
+        "count": len(latencies),
+    }
+
+
+def check_jobs_ran(port: int, job_ids: Sequence[str], rows: int, timeout: float) -> dict[str, int]:
+    """Follow the first job to its end and count where all of them are.
+
+    Proves that a 202 had a real job behind it, which ran and gave the right result; the
+    later jobs may still be waiting for a free worker or thread, and are counted as such.
+    """
+
+    def state(job_id: str) -> dict[str, Any]:
+        status, body = http_get(port, f"/jobs/{job_id}")
+        if status != 200:
+            raise RuntimeError(f"GET /jobs/{job_id} answered {status}: {body!r}")
+        parsed: dict[str, Any] = json.loads(body)
+        return parsed
+
+    first = job_ids[0]
+    wait_until(lambda: state(first)["status"] in ("succeeded", "failed"), timeout, f"job {first}")
+    final = state(first)
+    if final["status"] != "succeeded" or final["result"]["rows"] != rows:
+        raise RuntimeError(f"job {first} did not succeed: {final}")
+    counts: dict[str, int] = {}
+    for job_id in job_ids:
+        status = state(job_id)["status"]
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def jobs_under_load(
+    args: argparse.Namespace, bakes: dict[str, Bake], processes: Processes, run_dir: Path
+) -> dict[str, Any]:
+    """Part 2: POST /reports and GET /health/live, interleaved at a fixed rate, while
+    the jobs those posts create run."""
+    per_endpoint = max(1, round(args.job_rate * args.job_seconds))
+    rows_out = []
+    for backend in BACKENDS:
+        bake = bakes[backend]
+        for simulate in SIMULATE_SECONDS:
+            tag = f"jobs-{backend}-{simulate:g}s"
+            env: dict[str, str] = {}
+            started: list[subprocess.Popen[bytes]] = []
+            if backend == "celery":
+                redis = start_redis(processes, run_dir, f"{tag}-redis")
+                started.append(redis.process)
+                start_worker(processes, bake, redis, run_dir, f"{tag}-worker")
+                started.append(processes.running[-1])
+                env["REDIS_URL"] = redis.url
+            api = start_api(processes, bake, "generated", f"{tag}-api", run_dir, **env)
+            started.append(api.process)
+            ready = partial(answers, api.port, "/health/ready")
+            wait_until(ready, STARTUP_TIMEOUT, f"{tag} ready")
+
+            post = report_request(args.job_rows, simulate)
+            # Warm-up, not counted: the first requests open connections to Redis and
+            # start threads, which a server that has run for a while did long ago.
+            warm_up = [
+                r for _ in range(round(args.job_rate)) for r in (report_request(1, 0.0), LIVE)
+            ]
+            asyncio.run(open_loop(api.port, warm_up, rate=2 * args.job_rate))
+            mixed = [r for _ in range(per_endpoint) for r in (post, LIVE)]
+            samples = asyncio.run(open_loop(api.port, mixed, rate=2 * args.job_rate))
+            posts = [s for s in samples if s.request is post]
+            lives = [s for s in samples if s.request is LIVE]
+            failed = [s for s in samples if s.error or s.status not in (200, 202)]
+            if failed:
+                raise RuntimeError(f"{tag}: {len(failed)} requests failed, e.g. {failed[0]}")
+            job_ids = [json.loads(s.body)["id"] for s in posts]
+            counts = check_jobs_ran(api.port, job_ids, args.job_rows, timeout=simulate + 30)
+            for process in reversed(started):
+                processes.stop(process)
+
+            post_stats, live_stats = latency_summary(posts), latency_summary(lives)
+            rows_out.append(
+                {
+                    "backend": backend,
+                    "simulate_seconds": simulate,
+                    "post_reports": post_stats,
+                    "get_live": live_stats,
+                    "p99_ratio": post_stats["p99_ms"] / live_stats["p99_ms"],
+                    "jobs_after_run": counts,
+                }
+            )
+            progress(f"jobs: {tag} done")
+    return {
+        "load": f"open loop, {args.job_rate:g} POST /reports + {args.job_rate:g} GET "
+        f"/health/live a second, interleaved, for {args.job_seconds:g} s; rows={args.job_rows}",
+        "rows": rows_out,
+    }
+
+
+# --------------------------------------------------------------------------- part 3
+
+
+def redis_calls(redis: Redis) -> int:
+    stats = redis.cli("info", "commandstats")
+    return sum(int(n) for n in re.findall(r"^cmdstat_\w+:calls=(\d+)", stats, re.M))
+
+
+def redis_floor(bake: Bake, redis: Redis, seconds: float) -> dict[str, Any]:
+    """One client, one round trip after another: what Redis itself allows."""
+    floor: dict[str, Any] = {}
+    script = (
+        "import redis, sys, time\n"
+        "client = redis.Redis.from_url(sys.argv[1])\n"
+        "client.ping()\n"
+        "count, deadline = 0, time.perf_counter() + float(sys.argv[2])\n"
+        "started = time.perf_counter()\n"
+        "while time.perf_counter() < deadline:\n"
+        "    client.ping()\n"
+        "    count += 1\n"
+        "print(count / (time.perf_counter() - started))\n"
+    )
+    output = subprocess.run(
+        [str(bake.python), "-c", script, redis.url, str(seconds)],
+        capture_output=True, text=True, check=True, env=bake.env(), timeout=seconds + 30,
+    ).stdout  # fmt: skip
+    floor["redis_py_ping_loop_per_second"] = float(output)
+    if shutil.which("redis-benchmark"):
+        requests = max(10_000, int(floor["redis_py_ping_loop_per_second"] * seconds))
+        output = subprocess.run(
+            ["redis-benchmark", "-h", HOST, "-p", str(redis.port), "-c", "1", "-n", str(requests),
+             "-t", "ping", "-q"],
+            capture_output=True, text=True, check=True, timeout=seconds * 10 + 30,
+        ).stdout  # fmt: skip
+        rates = re.findall(r"PING_MBULK: ([\d.]+) requests per second", output)
+        if rates:
+            floor["redis_benchmark_ping_c1_per_second"] = float(rates[-1])
+    return floor
+
+
+def enqueue_throughput(
+    args: argparse.Namespace, bake: Bake, processes: Processes, run_dir: Path
+) -> dict[str, Any]:
+    """Part 3: jobs accepted per second by one API process on the Celery backend."""
+    redis = start_redis(processes, run_dir, "enqueue-redis")
+    # No worker: it would compete for the same two cores. The jobs wait in the queue,
+    # which is counted at the end to prove every 202 left a real message behind.
+    api = start_api(processes, bake, "generated", "enqueue-api", run_dir, REDIS_URL=redis.url)
+    post = report_request(1, 0.0)
+    saturate(api.port, post, 1, args.connections)  # warm-up
+    saturate(api.port, LIVE, 1, args.connections)
+    accepted: list[LoadResult] = []
+    live: list[LoadResult] = []
+    calls_per_job: list[float] = []
+    for number in range(args.rounds):
+        before = redis_calls(redis)
+        result = saturate(api.port, post, args.seconds, args.connections, expected_status=202)
+        calls = redis_calls(redis) - before - 1  # the INFO call itself
+        if result.unexpected or result.errors:
+            raise RuntimeError(f"enqueue: {result.unexpected} non-2xx, {result.errors} errors")
+        accepted.append(result)
+        calls_per_job.append(calls / result.requests)
+        live.append(saturate(api.port, LIVE, args.seconds, args.connections))
+        progress(f"enqueue: round {number + 1}/{args.rounds}")
+    queued = int(redis.cli("llen", "celery"))
+    total_accepted = sum(r.requests for r in accepted) + 0
+    processes.stop(api.process)
+    floor = redis_floor(bake, redis, seconds=min(args.seconds, 3))
+    processes.stop(redis.process)
+    jobs_per_second = ratio_stats([r.per_second for r in accepted])
+    return {
+        "load": f"{'wrk' if wrk_available() else 'python client'}, {args.connections} connections, "
+        f"{args.seconds:g} s a turn, {args.rounds} rounds; no worker running",
+        "jobs_accepted_per_second": jobs_per_second,
+        "post_p50_ms": statistics.median(r.p50_ms for r in accepted),
+        "post_p99_ms": statistics.median(r.p99_ms for r in accepted),
+        "live_requests_per_second": ratio_stats([r.per_second for r in live]),
+        "redis_commands_per_job": statistics.median(calls_per_job),
+        "messages_in_queue": queued,
+        "accepted_in_measured_rounds": total_accepted,
+        **floor,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def installed(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def project_versions(bake: Bake) -> str:
+    names = [
+        "fastapi",
+        "starlette",
+        "uvicorn",
+        "pydantic",
+        "celery",
+        "kombu",
+        "redis",
+        "uvloop",
+        "httptools",
+    ]
+    script = (
+        "import importlib.metadata as m, sys\n"
+        "for n in sys.argv[1:]:\n"
+        "    try: print(n, m.version(n))\n"
+        "    except m.PackageNotFoundError: pass\n"
+    )
+    output = subprocess.run(
+        [str(bake.python), "-c", script, *names],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=bake.env(),
+    ).stdout
+    return ", ".join(output.split("\n")[:-1])
+
+
+def machine(bakes: dict[str, Bake]) -> dict[str, Any]:
+    tools = {}
+    for tool, flag in (("wrk", "-v"), ("redis-server", "--version")):
+        if shutil.which(tool):
+            text = subprocess.run([tool, flag], capture_output=True, text=True, check=False)
+            tools[tool] = (text.stdout + text.stderr).splitlines()[0].strip()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "cookiecutter": installed("cookiecutter"),
+        "generated_project_packages": project_versions(bakes["celery"]),
+        "tools": tools,
+    }
+
+
+def spread(stats: dict[str, float], thousands: bool = False) -> str:
+    def fmt(x: float) -> str:
+        return f"{x:,.0f}" if thousands else f"{x:.2f}"
+
+    return f"{fmt(stats['median'])} ({fmt(stats['min'])}-{fmt(stats['max'])})"
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "**missed**"
+
+
+def cells(*values: object) -> str:
+    return "| " + " | ".join(str(v) for v in values) + " |"
+
+
+def middleware_section(mw: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 1. Middleware cost: `GET /health/live`",
+        "",
+        f"Load: {mw['load']}. One uvicorn process per variant, LOG_FORMAT=text, logs to a file.",
+        "Medians over rounds (min-max); ratios are taken round by round.",
+        "",
+        cells("variant", "LOG_LEVEL", "req/s", "vs no_middleware", "p50 ms", "p99 ms"),
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for row in mw["rows"]:
+        rate = spread(row["requests_per_second"], thousands=True)
+        ratio = spread(row["vs_no_middleware"])
+        p50, p99 = f"{row['p50_ms']:.2f}", f"{row['p99_ms']:.2f}"
+        lines.append(cells(f"`{row['variant']}`", row["log_level"], rate, ratio, p50, p99))
+    targets = [
+        ("no_middleware", "INFO, access line written", "", TARGET_STACK_VS_NO_MIDDLEWARE),
+        ("no_middleware", "WARNING, no access line", "@WARNING", TARGET_STACK_VS_NO_MIDDLEWARE),
+        ("base_http", "same work, INFO", "", TARGET_STACK_VS_BASE_HTTP),
+        ("base_http", "same work, WARNING", "@WARNING", TARGET_STACK_VS_BASE_HTTP),
+    ]
+    lines += ["", cells("target", "measured", ""), "|---|--:|---|"]
+    for baseline, condition, suffix, target in targets:
+        measured = mw["comparisons"][f"generated_vs_{baseline}{suffix}"]
+        lines.append(
+            cells(
+                f"generated >= {target:g} x {baseline} ({condition})",
+                spread(measured),
+                verdict(measured["median"], target),
+            )
+        )
+    return [*lines, ""]
+
+
+def jobs_section(jobs: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 2. Response time while heavy jobs run",
+        "",
+        f"Load: {jobs['load']}. Latency from the moment each request was due.",
+        "",
+        cells(
+            "backend",
+            "simulate_seconds",
+            "POST /reports p50 / p99 ms",
+            "GET /health/live p50 / p99 ms",
+            f"p99 ratio (target <= {TARGET_POST_P99_VS_LIVE_P99:g})",
+            "jobs right after the run",
+        ),
+        "|---|--:|--:|--:|--:|---|",
+    ]
+    for row in jobs["rows"]:
+        post, live, ratio = row["post_reports"], row["get_live"], row["p99_ratio"]
+        met = verdict(ratio, TARGET_POST_P99_VS_LIVE_P99, higher_is_better=False)
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(row["jobs_after_run"].items()))
+        lines.append(
+            cells(
+                row["backend"],
+                f"{row['simulate_seconds']:g}",
+                f"{post['p50_ms']:.2f} / {post['p99_ms']:.2f}",
+                f"{live['p50_ms']:.2f} / {live['p99_ms']:.2f}",
+                f"{ratio:.2f} ({met})",
+                counts,
+            )
+        )
+    return [*lines, ""]
+
+
+def enqueue_section(e: dict[str, Any]) -> list[str]:
+    rows = [
+        ("jobs accepted (202) per second", spread(e["jobs_accepted_per_second"], True)),
+        (
+            "POST /reports p50 / p99 under that load, ms",
+            f"{e['post_p50_ms']:.2f} / {e['post_p99_ms']:.2f}",
+        ),
+        ("same process, GET /health/live per second", spread(e["live_requests_per_second"], True)),
+        ("Redis commands per accepted job", f"{e['redis_commands_per_job']:.1f}"),
+        (
+            "messages in the queue at the end (every 202, warm-up included)",
+            f"{e['messages_in_queue']:,}",
+        ),
+    ]
+    floor = e.get("redis_py_ping_loop_per_second")
+    if floor:
+        rows += [
+            ("floor: redis-py PING round trips per second, one connection", f"{floor:,.0f}"),
+            (
+                "floor / commands per job: jobs per second if round trips were all a job cost",
+                f"{floor / e['redis_commands_per_job']:,.0f}",
+            ),
+        ]
+    if "redis_benchmark_ping_c1_per_second" in e:
+        rate = e["redis_benchmark_ping_c1_per_second"]
+        rows.append(("redis-benchmark PING, one client, per second", f"{rate:,.0f}"))
+    return [
+        "## 3. Enqueue throughput, Celery backend: `POST /reports` on one API process",
+        "",
+        f"Load: {e['load']}.",
+        "",
+        cells("measure", "value"),
+        "|---|--:|",
+        *(cells(name, value) for name, value in rows),
+        "",
+    ]
+
+
+def generation_section(g: dict[str, Any]) -> list[str]:
+    lines = [
+        "## 4. Cost of generation",
+        "",
+        f"Bake: cookiecutter with its hooks, {g['bake_repeats']} times a backend, median "
+        "(min-max). Then once: bake, fresh virtualenv, `pip install -e '.[dev]'`, and the "
+        "generated test suite with REQUIRE_REDIS=1.",
+        "",
+        cells("job_backend", "bake s", "venv s", "install s", "tests s", "tests", "total s"),
+        "|---|--:|--:|--:|--:|---|--:|",
+    ]
+    for backend, row in g["backends"].items():
+        bake_time = spread(ratio_stats(row["bake_seconds"]))
+        if "total_seconds" not in row:
+            reason = row.get("install") or row.get("tests")
+            lines.append(cells(backend, bake_time, "-", "-", "-", reason, "-"))
+            continue
+        lines.append(
+            cells(
+                backend,
+                bake_time,
+                f"{row['venv_seconds']:.1f}",
+                f"{row['install_seconds']:.1f}",
+                f"{row['test_seconds']:.1f}",
+                ", ".join(f"{n} {kind}" for kind, n in row["tests"].items()),
+                f"{row['total_seconds']:.1f}",
+            )
+        )
+    return [*lines, ""]
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    m = results["machine"]
+    tools = ", ".join(f"{k}: {v}" for k, v in m["tools"].items()) or "none"
+    load = ", ".join(map(str, m["load_average_at_start"]))
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- command: `{command}`",
+        f"- {m['date']}; {m['python']} on {m['platform']}, {m['cpus']} CPUs; "
+        f"load average at start: {load}",
+        f"- generated project: {m['generated_project_packages']}",
+        f"- tools: {tools}; cookiecutter {m['cookiecutter']}",
+        "",
+    ]
+    sections = {
+        "middleware": middleware_section,
+        "jobs": jobs_section,
+        "enqueue": enqueue_section,
+        "generation": generation_section,
+    }
+    for part, section in sections.items():
+        if part in results:
+            lines += section(results[part])
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+PARTS = ("generation", "middleware", "jobs", "enqueue")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--out", type=Path, default=REPO_ROOT / "bench-results", help="results folder"
+    )
+    parser.add_argument("--template", type=Path, default=REPO_ROOT, help="the template to bake")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (about 3 min)")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds of parts 1 and 3 (default 5; quick 2)")
+    parser.add_argument("--seconds", type=float, help="seconds of load a turn (default 3; quick 1)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument(
+        "--job-rate", type=float, default=25.0, help="POST /reports a second in part 2"
+    )
+    parser.add_argument(
+        "--job-seconds", type=float, help="seconds a part-2 phase lasts (default 10; quick 3)"
+    )
+    parser.add_argument(
+        "--job-rows", type=int, default=10_000, help="rows each report sums (CPU work)"
+    )
+    parser.add_argument(
+        "--bake-repeats", type=int, help="bakes timed a backend (default 5; quick 2)"
+    )
+    parser.add_argument(
+        "--python",
+        type=Path,
+        help="an interpreter that already has the generated projects' dependencies: skips the "
+        "fresh installs and test runs of part 4, and serves the bakes from their src folders",
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.rounds = args.rounds if args.rounds is not None else (2 if quick else 5)
+    args.seconds = args.seconds if args.seconds is not None else (1.0 if quick else 3.0)
+    args.job_seconds = (
+        args.job_seconds if args.job_seconds is not None else (3.0 if quick else 10.0)
+    )
+    args.bake_repeats = args.bake_repeats if args.bake_repeats is not None else (2 if quick else 5)
+    args.parts = [part.strip() for part in args.parts.split(",") if part.strip()]
+    # Bounded, so a typo cannot turn into an hour of load on a shared machine.
+    limits = {
+        "rounds": (1, 20), "seconds": (1, 30), "connections": (1, 256), "job_rate": (1, 500),
+        "job_seconds": (1, 60), "job_rows": (1, 1_000_000), "bake_repeats": (1, 20),
+    }  # fmt: skip
+    for name, (low, high) in limits.items():
+        if not low <= getattr(args, name) <= high:
+            parser.error(f"--{name.replace('_', '-')} must be between {low} and {high}")
+    if unknown := set(args.parts) - set(PARTS):
+        parser.error(
+            f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}"
+        )
+    if args.python is not None and not args.python.exists():
+        parser.error(f"--python {args.python}: no such interpreter")
+    args.template = args.template.resolve()
+    args.run_generated_tests = "generation" in args.parts
+    return args
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[tuple[Path, Path, Processes]]:
+    with tempfile.TemporaryDirectory(prefix="fastapi-template-bench-") as tmp:
+        workdir = Path(tmp)
+        logs = workdir / "logs"
+        run_dir = workdir / "run"
+        logs.mkdir()
+        run_dir.mkdir()
+        processes = Processes(logs)
+        try:
+            yield workdir, run_dir, processes
+        except BaseException:
+            kept = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+            shutil.copytree(logs, kept, dirs_exist_ok=True)
+            progress(f"failed; process logs kept in {kept}")
+            raise
+        finally:
+            processes.stop_all()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not wrk_available():
+        progress(
+            "wrk not found: using the Python client, which saturates far less (apt-get install wrk)"
+        )
+    command = " ".join(["python bench/run.py", *(sys.argv[1:] if argv is None else argv)])
+    results: dict[str, Any] = {"command": command, "parts": args.parts}
+    started = time.perf_counter()
+    with workspace() as (workdir, run_dir, processes):
+        progress("part 4 first: bake and install both backends (the other parts serve these bakes)")
+        generation, bakes = generation_cost(args, workdir, processes.logs)
+        results["machine"] = machine(bakes)
+        if "generation" in args.parts:
+            results["generation"] = generation
+        if "middleware" in args.parts:
+            progress("part 1: middleware cost")
+            results["middleware"] = middleware_cost(args, bakes["inprocess"], processes, run_dir)
+        if "jobs" in args.parts:
+            progress("part 2: response time while heavy jobs run")
+            results["jobs"] = jobs_under_load(args, bakes, processes, run_dir)
+        if "enqueue" in args.parts:
+            progress("part 3: enqueue throughput (Celery)")
+            results["enqueue"] = enqueue_throughput(args, bakes["celery"], processes, run_dir)
+    results["elapsed_seconds"] = time.perf_counter() - started
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(results, command)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(table)
+    progress(f"done in {results['elapsed_seconds']:.0f} s; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

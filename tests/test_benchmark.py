@@ -1,0 +1,173 @@
+"""The benchmark command (`bench/run.py`) and its load generators.
+
+The numbers themselves are never asserted (speed is reported by the benchmark, not
+checked by a timed test); what is checked is that the command runs end to end against
+real servers, a real Redis and a real worker, and that its client measures honestly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, ProjectEnv, clean_env, run
+
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+
+import loadgen
+import run as bench_run
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert loadgen.percentile(values, 0.5) == 50
+    assert loadgen.percentile(values, 0.99) == 99
+    assert loadgen.percentile(values, 1.0) == 100
+    assert loadgen.percentile([7.0], 0.99) == 7
+    with pytest.raises(ValueError, match="no values"):
+        loadgen.percentile([], 0.5)
+
+
+@asynccontextmanager
+async def slow_server(delay: float) -> AsyncIterator[int]:
+    """An HTTP/1.1 keep-alive server that answers every request after `delay` seconds."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.decode("latin-1").split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.lower() == "content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                await asyncio.sleep(delay)
+                status = b"202 Accepted" if head.startswith(b"POST") else b"200 OK"
+                reply = b'{"echo": %d}' % len(body)
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\n\r\n" % len(reply) + reply
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, loadgen.HOST, 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+def test_the_open_loop_client_counts_the_wait_for_a_busy_server() -> None:
+    """With one connection and a server slower than the rate, requests queue; each
+    latency must include that queueing (no coordinated omission)."""
+
+    async def scenario() -> list[loadgen.Sample]:
+        async with slow_server(delay=0.1) as port:
+            requests = [
+                loadgen.Request("POST", "/reports", b'{"rows": 1}'),
+                loadgen.Request("GET", "/health/live"),
+            ] * 3
+            return await loadgen.open_loop(port, requests, rate=50, max_connections=1)
+
+    samples = asyncio.run(scenario())
+    assert [s.status for s in samples] == [202, 200] * 3
+    assert [json.loads(s.body) for s in samples] == [{"echo": 11}, {"echo": 0}] * 3
+    assert not any(s.error for s in samples)
+    # Due every 20 ms, served every 100 ms: the n-th waits about n * 80 ms more.
+    latencies = [s.latency_ms for s in samples]
+    assert latencies[0] >= 100
+    assert latencies[-1] >= 100 + 5 * 80 - 20
+    assert latencies == sorted(latencies)
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_output_is_read_for_rate_latency_and_errors() -> None:
+    async def scenario() -> loadgen.LoadResult:
+        async with slow_server(delay=0.0) as port:
+            post = loadgen.Request("POST", "/reports", b'{"rows": 1}')
+            return await asyncio.to_thread(loadgen.run_wrk, port, post, 1, 4)
+
+    result = asyncio.run(scenario())
+    assert result.tool == "wrk"
+    assert result.requests > 100
+    assert 0.9 < result.seconds < 2
+    assert 0 < result.p50_ms <= result.p99_ms
+    assert result.unexpected == 0
+    assert result.errors == 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--seconds", "600"], "--seconds must be between 1 and 30"),
+        (["--rounds", "0"], "--rounds must be between 1 and 20"),
+        (["--parts", "middleware,typo"], "unknown part(s) typo"),
+        (["--python", "/nonexistent/python"], "no such interpreter"),
+    ],
+)
+def test_the_benchmark_refuses_bad_or_unbounded_runs(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench_run.parse_args(arguments)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.heavy(seconds=150)
+def test_the_benchmark_runs_every_part_and_writes_its_tables(
+    project_env: ProjectEnv, tmp_path: Path
+) -> None:
+    """A short run of the real command: bakes, uvicorn servers, wrk or the Python
+    client, a private redis-server and a Celery worker. `--python` reuses the shared
+    env instead of installing two fresh ones (test_fresh_install.py covers installs)."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("the benchmark's Celery parts need redis-server on PATH")
+    out = tmp_path / "results"
+    command = [
+        sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--quick", "--python",
+        str(project_env.python), "--rounds", "1", "--seconds", "1", "--job-seconds", "1",
+        "--job-rate", "10", "--bake-repeats", "1", "--out", str(out),
+    ]  # fmt: skip
+    ran = run(command, cwd=tmp_path, env=clean_env(None), timeout=900)
+    assert ran.ok, ran.report()
+    assert not ran.leaked, "a server, worker or redis-server outlived the benchmark"
+
+    (folder,) = out.iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    table = (folder / "results.md").read_text()
+    assert table.strip() in ran.output
+    for heading in ("## 1. Middleware cost", "## 2. Response time", "## 3. Enqueue", "## 4."):
+        assert heading in table
+
+    middleware = {row["variant"]: row for row in results["middleware"]["rows"]}
+    assert set(middleware) == {
+        "bare", "no_middleware", "generated", "base_http", "generated@WARNING",
+        "base_http@WARNING",
+    }  # fmt: skip
+    assert all(row["requests_per_second"]["median"] > 0 for row in middleware.values())
+
+    jobs = results["jobs"]["rows"]
+    assert [(row["backend"], row["simulate_seconds"]) for row in jobs] == [
+        (backend, seconds) for backend in ("inprocess", "celery") for seconds in (0, 1, 5)
+    ]
+    for row in jobs:
+        assert row["post_reports"]["count"] == row["get_live"]["count"] == 10
+        # The first job of every phase was followed to a real result.
+        assert row["jobs_after_run"].get("succeeded", 0) >= 1
+
+    enqueue = results["enqueue"]
+    assert enqueue["jobs_accepted_per_second"]["median"] > 0
+    # Every 202 left a real Celery message in Redis (no worker was consuming).
+    assert enqueue["messages_in_queue"] >= enqueue["accepted_in_measured_rounds"] > 0
+    assert enqueue["redis_commands_per_job"] > 0
+
+    generation = results["generation"]["backends"]
+    assert set(generation) == {"inprocess", "celery"}
+    assert all(len(row["bake_seconds"]) == 1 for row in generation.values())
