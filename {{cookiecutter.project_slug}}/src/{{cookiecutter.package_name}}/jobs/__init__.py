@@ -18,7 +18,6 @@ def build_job_backend(settings: Settings) -> JobBackend:
         from .celery_backend import CeleryBackend
 
         return CeleryBackend(settings)
-    {%- else %}
     {%- endif %}
     return InProcessBackend(concurrency=settings.inprocess_job_concurrency)
 

@@ -1,7 +1,7 @@
 """The middleware stack: every layer is plain ASGI, listed here in order.
 
-No `BaseHTTPMiddleware` (what `@app.middleware("http")` creates): it runs the app in a
-separate task, so context variables set by the endpoint never reach it, it never sees
+No `@app.middleware("http")` layers (Starlette's base HTTP middleware class): that
+class runs the app in a separate task, so context variables set by the endpoint never reach it, it never sees
 the client leave, and it costs about 0.2 ms a layer.
 
 The stack wraps the *whole* FastAPI app, Starlette's error handler and FastAPI's body
