@@ -48,7 +48,6 @@ class LoadResult:
 
     requests: int
     seconds: float
-    latencies_ms: tuple[float, ...] = ()
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     unexpected: int = 0  # responses whose status was not the expected one
@@ -288,7 +287,6 @@ async def closed_loop(
     return LoadResult(
         requests=len(latencies),
         seconds=elapsed,
-        latencies_ms=tuple(latencies),
         p50_ms=percentile(latencies, 0.5) if latencies else math.nan,
         p99_ms=percentile(latencies, 0.99) if latencies else math.nan,
         unexpected=unexpected,

@@ -47,10 +47,8 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
-import re
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -61,6 +59,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
+
+# This folder, first on sys.path when the script runs: the benchmark's shared pieces.
+from loadgen import Request, run_wrk
+from run import bake, package_of
 
 PATH = "/health/live"
 EXPECTED_BODY = b'{"status":"ok"}'
@@ -96,32 +98,9 @@ class Generated:
         return self.settings.Settings(_env_file=None, log_format="json", **options)
 
 
-def bake(template: Path, workdir: Path) -> Path:
-    """Bake the template with the in-process job backend; return the project directory."""
-    from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
-
-    # Keep cookiecutter's replay file and clone cache out of the user's home.
-    config = workdir / "cookiecutter-config.yaml"
-    config.write_text(
-        f'cookiecutters_dir: "{workdir / "cookiecutters"}"\nreplay_dir: "{workdir / "replay"}"\n'
-    )
-    project = cookiecutter(
-        str(template),
-        no_input=True,
-        extra_context={"job_backend": "inprocess"},
-        output_dir=str(workdir / "bake"),
-        config_file=str(config),
-    )
-    return Path(project)
-
-
 def import_generated(project: Path) -> Generated:
-    src = project / "src"
-    packages = sorted(p.parent.name for p in src.glob("*/factory.py"))
-    if len(packages) != 1:
-        raise SystemExit(f"expected one package with a factory.py under {src}, found {packages}")
-    package = packages[0]
-    sys.path.insert(0, str(src))
+    package = package_of(project)
+    sys.path.insert(0, str(project / "src"))
     return Generated(
         package=package,
         factory=importlib.import_module(f"{package}.factory"),
@@ -462,28 +441,11 @@ def served(app: Any, loop: str) -> Iterator[int]:
         sock.close()
 
 
-def run_wrk(port: int, seconds: int, connections: int) -> float:
-    command = [
-        "wrk",
-        "--threads",
-        "1",
-        "--connections",
-        str(connections),
-        "--duration",
-        f"{seconds}s",
-        "--timeout",
-        "2s",
-        f"http://127.0.0.1:{port}{PATH}",
-    ]
-    output = subprocess.run(
-        command, capture_output=True, text=True, check=True, timeout=seconds + 15
-    ).stdout
-    if "Non-2xx" in output or "Socket errors" in output:
-        raise RuntimeError(f"wrk saw errors:\n{output}")
-    found = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if found is None:
-        raise RuntimeError(f"no Requests/sec in wrk's output:\n{output}")
-    return float(found.group(1))
+def wrk_rate(port: int, seconds: int, connections: int) -> float:
+    result = run_wrk(port, Request("GET", PATH), seconds, connections)
+    if result.unexpected or result.errors:
+        raise RuntimeError(f"wrk saw {result.unexpected} non-2xx and {result.errors} errors")
+    return result.per_second
 
 
 def run_wrk_rounds(
@@ -502,8 +464,8 @@ def run_wrk_rounds(
             set_logging.current = ""
             set_logging(m.variant.log_level)
             with served(app, loop) as port:
-                run_wrk(port, 1, connections)  # warm-up, not counted
-                m.wrk_rates.append(run_wrk(port, seconds, connections))
+                wrk_rate(port, 1, connections)  # warm-up, not counted
+                m.wrk_rates.append(wrk_rate(port, seconds, connections))
         progress(f"wrk round {number + 1}/{rounds} done")
 
 
@@ -658,7 +620,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             source = f"baked from {args.template.resolve()} with job_backend=inprocess"
             progress(f"baking {args.template} (job_backend=inprocess)")
-            project = bake(args.template.resolve(), Path(workdir))
+            project = bake(
+                args.template.resolve(), "inprocess", Path(workdir) / "bake", Path(workdir)
+            )
         generated = import_generated(project)
         set_logging = LogSwitch(generated, sink)
         variants = variants_for(generated, progress)

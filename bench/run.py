@@ -229,7 +229,7 @@ def generation_cost(
     bakes: dict[str, Bake] = {}
     for backend in BACKENDS:
         times = []
-        for attempt in range(args.bake_repeats):
+        for attempt in range(args.bake_repeats if args.measure_generation else 0):
             output = workdir / f"bake-timing-{backend}-{attempt}"
             started = time.perf_counter()
             bake(args.template, backend, output, workdir)
@@ -255,7 +255,7 @@ def generation_cost(
             install_seconds, _ = timed(pip, logs / f"install-{backend}.log", cwd=project)
             bake_env = Bake(backend, project, package, python, on_path=False)
             bakes[backend] = bake_env
-            if not args.run_generated_tests:
+            if not args.measure_generation:
                 row["tests"] = "not run: part 'generation' not asked for"
                 results["backends"][backend] = row
                 continue
@@ -352,14 +352,16 @@ def start_redis(processes: Processes, run_dir: Path, name: str) -> Redis:
     return redis
 
 
-def start_worker(processes: Processes, bake: Bake, redis: Redis, run_dir: Path, name: str) -> None:
+def start_worker(
+    processes: Processes, bake: Bake, redis: Redis, run_dir: Path, name: str
+) -> subprocess.Popen[bytes]:
     command = [
         bake.python, "-m", "celery", "-A", f"{bake.package}.worker", "worker",
         "--pool", "prefork", "--concurrency", "2", "--without-gossip", "--without-mingle",
         "--loglevel", "INFO",
     ]  # fmt: skip
     env = bake.env(REDIS_URL=redis.url, LOG_LEVEL="INFO", LOG_FORMAT="text")
-    processes.start(name, command, cwd=run_dir, env=env)
+    return processes.start(name, command, cwd=run_dir, env=env)
 
 
 # --------------------------------------------------------------------------- part 1
@@ -519,8 +521,7 @@ def jobs_under_load(
             if backend == "celery":
                 redis = start_redis(processes, run_dir, f"{tag}-redis")
                 started.append(redis.process)
-                start_worker(processes, bake, redis, run_dir, f"{tag}-worker")
-                started.append(processes.running[-1])
+                started.append(start_worker(processes, bake, redis, run_dir, f"{tag}-worker"))
                 env["REDIS_URL"] = redis.url
             api = start_api(processes, bake, "generated", f"{tag}-api", run_dir, **env)
             started.append(api.process)
@@ -630,7 +631,7 @@ def enqueue_throughput(
         live.append(saturate(api.port, LIVE, args.seconds, args.connections))
         progress(f"enqueue: round {number + 1}/{args.rounds}")
     queued = int(redis.cli("llen", "celery"))
-    total_accepted = sum(r.requests for r in accepted) + 0
+    total_accepted = sum(r.requests for r in accepted)
     processes.stop(api.process)
     floor = redis_floor(bake, redis, seconds=min(args.seconds, 3))
     processes.stop(redis.process)
@@ -944,7 +945,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.python is not None and not args.python.exists():
         parser.error(f"--python {args.python}: no such interpreter")
     args.template = args.template.resolve()
-    args.run_generated_tests = "generation" in args.parts
+    args.measure_generation = "generation" in args.parts
     return args
 
 
