@@ -43,9 +43,11 @@ FEATURES: tuple[Feature, ...] = (
         values=("celery",),
         paths=(
             "src/{package_name}/worker.py",
+            "src/{package_name}/jobs/broker.py",
             "src/{package_name}/jobs/celery_app.py",
             "src/{package_name}/jobs/celery_backend.py",
             "tests/celery_processes.py",
+            "tests/test_broker_messages.py",
             "tests/test_celery_worker.py",
         ),
         dependencies=("celery", "redis", "celery-types"),

@@ -29,12 +29,15 @@ def skip_or_fail(reason: str) -> None:
 
 
 class RedisServer:
-    """A throw-away `redis-server` that keeps nothing on disk; it can be stopped,
-    restarted on the same port, or frozen (accepting connections, never answering)."""
+    """A throw-away `redis-server`; it can be stopped, restarted on the same port, or
+    frozen (accepting connections, never answering). It keeps nothing on disk unless
+    `persistent`: then it keeps an append-only file in `workdir`, and a restart comes
+    back with the data, as a production Redis does."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, persistent: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -44,9 +47,11 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary is not None
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "yes" if self.persistent else "no",
+             "--appendfsync", "always", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis.from_url(self.url, socket_timeout=0.5)
@@ -77,10 +82,10 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[RedisServer]:
+def redis_server(workdir: Path, *, persistent: bool = False) -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         skip_or_fail("no redis-server binary on PATH to start a test Redis")
-    server = RedisServer(workdir)
+    server = RedisServer(workdir, persistent=persistent)
     server.start()
     try:
         yield server
@@ -93,14 +98,19 @@ class WorkerProcess:
     file, exactly as it runs in production (prefork pool, not eager mode)."""
 
     def __init__(
-        self, redis_url: str, name: str, workdir: Path, env: dict[str, str] | None = None
+        self,
+        redis_url: str,
+        name: str,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self.redis_url = redis_url
         command = [
             sys.executable, "-m", "celery", "-A", f"{PACKAGE}.worker", "worker",
-            "--pool", "prefork", "--concurrency", "1", "--hostname", f"{name}@%h",
+            "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
             "--without-gossip", "--without-mingle", "--loglevel", "INFO",
         ]  # fmt: skip
         environment = {
@@ -159,10 +169,14 @@ class WorkerProcess:
 
 @contextmanager
 def running_worker(
-    redis_url: str, name: str, workdir: Path, env: dict[str, str] | None = None
+    redis_url: str,
+    name: str,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    concurrency: int = 1,
 ) -> Iterator[WorkerProcess]:
     """A started worker, stopped on the way out whatever happens (a killed one too)."""
-    worker = WorkerProcess(redis_url, name, workdir, env)
+    worker = WorkerProcess(redis_url, name, workdir, env, concurrency)
     try:
         worker.wait_ready()
         yield worker

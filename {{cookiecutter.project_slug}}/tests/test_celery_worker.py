@@ -4,6 +4,9 @@ tests kill, stop and freeze. Each test prints how long recovery took."""
 import os
 import signal
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 
 from {{ cookiecutter.package_name }}.factory import create_app
 from {{ cookiecutter.package_name }}.jobs import celery_app
-from tests.celery_processes import RedisServer, WorkerProcess, running_worker
+from tests.celery_processes import RedisServer, WorkerProcess, redis_server, running_worker
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, wait_until
 
 # Short limits so a dead worker's task is redelivered within seconds: the visibility
@@ -52,17 +55,29 @@ def job_state(http: httpx.Client, job_id: str) -> dict[str, Any]:
     return state
 
 
-@pytest.fixture
-def celery_api(private_redis: RedisServer, logs: LogCapture) -> Any:
-    app = create_app(
-        make_settings(jobs_backend="celery", redis_url=private_redis.url, job_time_limit_seconds=4)
-    )
+@contextmanager
+def serving_api(redis: RedisServer, logs: LogCapture, **settings: Any) -> Iterator[httpx.Client]:
+    """The API on the Celery backend, served by a real uvicorn, and a client for it."""
+    app = create_app(make_settings(jobs_backend="celery", redis_url=redis.url, **settings))
     logs.install()
     with (
         live_server(app) as url,
         httpx.Client(base_url=url, headers=AUTH_HEADERS, timeout=10) as http,
     ):
         yield http
+
+
+@pytest.fixture
+def celery_api(private_redis: RedisServer, logs: LogCapture) -> Iterator[httpx.Client]:
+    with serving_api(private_redis, logs, job_time_limit_seconds=4) as http:
+        yield http
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis with an append-only file, restarted on the same data like a real one."""
+    with redis_server(tmp_path / "redis", persistent=True) as server:
+        yield server
 
 
 def test_a_job_whose_worker_dies_is_finished_by_another_worker(
@@ -178,3 +193,141 @@ def test_the_request_id_reaches_every_log_line_the_worker_writes_for_the_task(
         assert f"job {job_id} (build_report) started, attempt 1" in messages
         trace_line = f"Task {celery_app.RUN_JOB_TASK}[{job_id}] succeeded"
         assert any(m.startswith(trace_line) for m in messages), messages
+
+
+# A hard limit well above an outage, so that waiting out Redis never hits it.
+OUTAGE_WORKER_ENV = {"JOB_TIME_LIMIT_SECONDS": "30"}
+
+
+def answers_while_frozen(http: httpx.Client, path: str, method: str = "GET") -> float:
+    started = time.monotonic()
+    response = http.request(method, path, json={"rows": 1} if method == "POST" else None)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/json"
+    return elapsed
+
+
+@pytest.mark.parametrize("outage", ["stopped 3s, restarted on its data", "frozen 10s"])
+def test_no_running_job_fails_when_redis_goes_away_mid_job(
+    outage: str, persistent_redis: RedisServer, logs: LogCapture, tmp_path: Path
+) -> None:
+    """Four jobs running on two workers and four waiting when Redis goes away: every
+    one of them succeeds once Redis is back. Their progress updates fail meanwhile and
+    are skipped; a job that ends during the outage stores its result when Redis
+    returns (before, the failed progress write was retried, the retry could not be
+    published, and Celery failed the job for good)."""
+    url = persistent_redis.url
+    with (
+        serving_api(persistent_redis, logs) as api,
+        running_worker(url, "left", tmp_path, OUTAGE_WORKER_ENV, concurrency=2) as left,
+        running_worker(url, "right", tmp_path, OUTAGE_WORKER_ENV, concurrency=2) as right,
+    ):
+        workers = (left, right)
+        report = {"rows": 40, "simulate_seconds": 4}
+        ids = [api.post("/reports", json=report).json()["id"] for _ in range(8)]
+
+        def running() -> list[str]:
+            return [i for i in ids if any(started_by(w, i) for w in workers)]
+
+        wait_until(lambda: len(running()) >= 4, 30, "four jobs to be running")
+        was_running = running()
+        if outage.startswith("stopped"):
+            persistent_redis.stop()
+            time.sleep(3)
+            persistent_redis.start()
+        else:
+            persistent_redis.freeze()
+            time.sleep(10)
+            persistent_redis.thaw()
+        back_at = time.monotonic()
+        finals = {i: final_state(api, i, 120, f"job {i} to end") for i in ids}
+        print(
+            f"Redis {outage}: {len(was_running)} jobs were running; all 8 ended "
+            f"{time.monotonic() - back_at:.1f}s after Redis was back"
+        )
+        failed = {i: s for i, s in finals.items() if s["status"] != "succeeded"}
+        assert failed == {}, failed
+        assert all(s["result"]["rows"] == 40 for s in finals.values())
+        for job_id in was_running:
+            assert sum(len(succeeded_lines(w, job_id)) for w in workers) >= 1
+
+
+def test_every_request_gives_up_at_one_deadline_while_redis_is_frozen(
+    celery_api: httpx.Client, private_redis: RedisServer
+) -> None:
+    """A request makes several Redis calls, each with its own 1 s timeout: a frozen
+    Redis used to cost `POST /reports` up to 3 s. Now all of a request's Redis work
+    shares one deadline (JOB_BACKEND_DEADLINE_SECONDS, 1.5 s by default), then 503,
+    even with requests queueing for the client threads."""
+    job_id = celery_api.post("/reports", json={"rows": 1}).json()["id"]
+    private_redis.freeze()
+    try:
+        requests = [("POST", "/reports"), ("GET", f"/jobs/{job_id}"), ("GET", "/health/ready")]
+        with ThreadPoolExecutor(12) as pool:
+            timings = list(
+                pool.map(
+                    lambda request: answers_while_frozen(celery_api, request[1], request[0]),
+                    requests * 4,
+                )
+            )
+    finally:
+        private_redis.thaw()
+    print(f"Redis frozen: 12 requests answered in {min(timings):.2f}-{max(timings):.2f}s")
+    assert max(timings) < OUTAGE_BUDGET_SECONDS
+
+
+def test_readiness_answers_as_soon_as_one_worker_does(
+    celery_api: httpx.Client, private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The worker ping returns at the first reply: it no longer waits out its whole
+    timeout (1 s) on every probe of a healthy service."""
+    with running_worker(private_redis.url, "prompt", tmp_path):
+        celery_api.get("/health/ready")  # connections warm
+        started = time.monotonic()
+        response = celery_api.get("/health/ready")
+        elapsed = time.monotonic() - started
+    print(f"readiness with a worker up: {elapsed * 1000:.0f} ms")
+    assert response.status_code == 200, response.text
+    assert elapsed < celery_app.REDIS_TIMEOUT_SECONDS
+
+
+def test_readiness_and_start_up_warn_when_redis_keeps_nothing(
+    private_redis: RedisServer, persistent_redis: RedisServer, logs: LogCapture, tmp_path: Path
+) -> None:
+    """Without persistence, a Redis restart forgets every queued job: their ids answer
+    404 and they never run. The service cannot prevent it, so it says so."""
+    warning = "Redis has no persistence"
+    with serving_api(private_redis, logs) as volatile:
+        assert any(m.startswith(warning) for m in logs.messages())
+        with running_worker(private_redis.url, "volatile", tmp_path):
+            body = volatile.get("/health/ready").json()
+        assert body["status"] == "ready"
+        assert any(w.startswith(warning) for w in body["warnings"])
+    logs.clear()
+    with (
+        serving_api(persistent_redis, logs) as durable,
+        running_worker(persistent_redis.url, "durable", tmp_path),
+    ):
+        body = durable.get("/health/ready").json()
+        assert body["status"] == "ready"
+        assert body["warnings"] == []
+        assert not any(m.startswith(warning) for m in logs.messages())
+
+
+def test_a_failed_job_tells_clients_what_failed_without_internal_addresses(
+    celery_api: httpx.Client, private_redis: RedisServer
+) -> None:
+    """A job that failed on a lost connection stores the error with Redis's host and
+    port in it; clients read the kind of error, and the worker's log keeps the text."""
+    import redis
+
+    job_id = celery_api.post("/reports", json={"rows": 1}).json()["id"]  # no worker: queued
+    settings = make_settings(jobs_backend="celery", redis_url=private_redis.url)
+    app = celery_app.create_celery_app(settings)
+    internal = redis.ConnectionError("Error 111 connecting to 10.0.3.7:6379. Connection refused.")
+    app.backend.mark_as_failure(job_id, internal)
+    state = job_state(celery_api, job_id)
+    assert state["status"] == "failed"
+    assert state["error"] == "ConnectionError: a service the job needs could not be reached"
+    assert "10.0.3.7" not in celery_api.get(f"/jobs/{job_id}").text

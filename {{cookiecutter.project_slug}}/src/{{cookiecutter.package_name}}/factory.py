@@ -11,7 +11,7 @@ from .api.errors import install_error_handlers
 from .jobs import JobBackend, build_job_backend
 from .logs import configure_logging
 from .middleware import StackedFastAPI, middleware_stack
-from .settings import Settings
+from .settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             {%- endif %},
             settings.web_concurrency,
         )
+    for warning in await backend.warnings():
+        logger.warning("%s", warning)
     logger.info("service started; heavy jobs run on the %s backend", backend.name)
     app.state.started = True
     try:
@@ -40,7 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings if settings is not None else Settings()
+    settings = settings if settings is not None else load_settings()
     configure_logging(settings.log_level, settings.log_format)
     app = StackedFastAPI(
         title="{{ cookiecutter.project_name }}",

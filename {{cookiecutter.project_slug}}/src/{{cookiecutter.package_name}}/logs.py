@@ -2,12 +2,17 @@
 
 Every line carries the id of the request it belongs to (or `-` outside a request),
 read from the request-id context variable by a filter on the one handler.
+
+Lines hold what clients send (paths, headers, job fields). In text format, control
+characters in them are escaped, so `/x%0aFORGED-LINE` cannot write a second line and
+escape codes cannot reach a terminal; JSON format is safe by construction.
 """
 
 import functools
 import json
 import logging
 import math
+import re
 import sys
 import time
 from typing import Any, TextIO
@@ -20,6 +25,26 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-8s [%(request_id)s] %(name)s: %(message)
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 # One encoder for every line: `json.dumps(..., default=str)` builds a new one each call.
 _JSON_ENCODER = json.JSONEncoder(default=str)
+# uvicorn's copy of its message with terminal colour codes: noise in a JSON line.
+_DROPPED_FIELDS = frozenset({"color_message"})
+
+# C0 and C1 control characters and DEL, Unicode's line and paragraph separators, and
+# lone surrogates (which JSON can carry but a UTF-8 stream cannot).
+_UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_character(match: re.Match[str]) -> str:
+    character = match.group()
+    code = ord(character)
+    return _NAMED_ESCAPES.get(character) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def escape_control_characters(text: str) -> str:
+    """`text` with every control character written as an escape (`\\n`, `\\x1b`)."""
+    if _UNSAFE_CHARACTERS.search(text) is None:  # the common case: one scan, no copy
+        return text
+    return _UNSAFE_CHARACTERS.sub(_escape_character, text)
 
 
 # Formatting the date and time is most of what a timestamp costs, and a busy service
@@ -55,10 +80,20 @@ class RequestIdFilter(logging.Filter):
 
 class TextFormatter(logging.Formatter):
     """`logging.Formatter(TEXT_FORMAT)`, the same text (`2026-01-31 12:00:00,042 INFO ...`),
-    with the date and time of day formatted once a second."""
+    with the date and time of day formatted once a second, and control characters
+    escaped: one record is one line, plus the lines of its traceback, if any."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        return escape_control_characters(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        # A traceback keeps its own line breaks; anything else is escaped.
+        return "\n".join(
+            escape_control_characters(line) for line in super().formatException(ei).split("\n")
+        )
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         if datefmt:
@@ -77,7 +112,11 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update(
-            {key: value for key, value in vars(record).items() if key not in _RECORD_ATTRIBUTES}
+            {
+                key: value
+                for key, value in vars(record).items()
+                if key not in _RECORD_ATTRIBUTES and key not in _DROPPED_FIELDS
+            }
         )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

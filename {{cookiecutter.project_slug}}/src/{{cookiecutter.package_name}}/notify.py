@@ -9,9 +9,16 @@ import logging
 logger = logging.getLogger(__name__)
 
 
+def masked_email(email: str) -> str:
+    """`j***@example.com`: enough to tell recipients apart in a log, not to reach
+    them. Logs travel to more people and places than the data they describe."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}***@{domain}"
+
+
 def send_notification(email: str, message: str) -> None:
     """The transport. Replace the log line with your mail or push provider's client."""
-    logger.info("notification sent to %s (%d characters)", email, len(message))
+    logger.info("notification sent to %s (%d characters)", masked_email(email), len(message))
 
 
 def deliver_notification(email: str, message: str) -> None:
@@ -20,7 +27,7 @@ def deliver_notification(email: str, message: str) -> None:
     try:
         send_notification(email, message)
     except Exception:
-        logger.exception("notification to %s failed", email)
+        logger.exception("notification to %s failed", masked_email(email))
 
 
 async def write_audit_line(method: str, path: str) -> None:

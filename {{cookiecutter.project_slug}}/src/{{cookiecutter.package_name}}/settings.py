@@ -5,7 +5,7 @@ Values come from the environment, then from a `.env` file in the working directo
 
 from typing import Literal
 
-from pydantic import Field, {% if cookiecutter.use_bearer_auth %}SecretStr, {% endif %}field_validator
+from pydantic import Field, {% if cookiecutter.use_bearer_auth %}SecretStr, {% endif %}ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -42,6 +42,15 @@ class Settings(BaseSettings):
         ge=60,
         description="How long Redis keeps a job's state and result after it ends.",
     )
+    job_backend_deadline_seconds: float = Field(
+        default=1.5,
+        gt=0,
+        le=30,
+        description=(
+            "All the Redis work of one request must end within this, or the request "
+            "gets 503: a hung Redis costs a client this long at most."
+        ),
+    )
 {%- else %}
 
     jobs_backend: Literal["inprocess"] = Field(
@@ -53,8 +62,9 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None,
         description=(
-            "The bearer token every request but the health checks must carry. "
-            "The API refuses to start without it; the worker does not need it."
+            "The bearer token every request but the health checks must carry, at least "
+            f"{MIN_API_TOKEN_LENGTH} characters. The API refuses to start without it; "
+            "the worker does not need it."
         ),
     )
 {%- endif %}
@@ -88,10 +98,34 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 {%- if cookiecutter.use_bearer_auth %}
 
-    @field_validator("api_token")
-    @classmethod
-    def _token_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < MIN_API_TOKEN_LENGTH:
-            raise ValueError(f"API_TOKEN must be at least {MIN_API_TOKEN_LENGTH} characters")
-        return value
+{%- endif %}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or bad. The message names the setting and the rule, never
+    the value: it may be a secret, and start-up errors end up in shared logs."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment and `.env`, or SettingsError saying, in one
+    line, which settings are wrong and why (pydantic's own message repeats the value)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False)
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+{%- if cookiecutter.use_bearer_auth %}
+
+
+def require_api_token(settings: Settings) -> str:
+    """The API's bearer token, checked where it is used: the worker needs none."""
+    if settings.api_token is None:
+        raise SettingsError("API_TOKEN is not set: the API needs it to check bearer tokens")
+    token = settings.api_token.get_secret_value()
+    if len(token) < MIN_API_TOKEN_LENGTH:
+        raise SettingsError(f"API_TOKEN must be at least {MIN_API_TOKEN_LENGTH} characters")
+    return token
 {%- endif %}

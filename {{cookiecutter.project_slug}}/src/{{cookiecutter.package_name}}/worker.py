@@ -9,10 +9,13 @@ from celery import signals
 
 from .jobs.celery_app import create_celery_app
 from .logs import configure_logging
-from .settings import Settings
+from .settings import SettingsError, load_settings
 
-settings = Settings()
-app = create_celery_app(settings)
+try:
+    settings = load_settings()
+except SettingsError as error:
+    raise SystemExit(f"{__package__}: {error}") from None
+app = create_celery_app(settings, worker=True)
 
 
 @signals.setup_logging.connect

@@ -1,8 +1,12 @@
-"""Errors as JSON: a dependency that is down is a 503, anything unexpected a 500."""
+"""Errors as JSON: invalid input is a 422 that never echoes the input, a dependency
+that is down a 503, anything unexpected a 500."""
 
 import logging
+import re
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..context import request_id_var
@@ -11,6 +15,44 @@ from ..jobs import JobBackendUnavailableError
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "5"
+# Longest location part (a key of the client's JSON) a 422 repeats.
+MAX_LOCATION_PART = 64
+# What JSON can carry but UTF-8 cannot (lone surrogates) or a terminal should not see.
+_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _safe_text(text: str) -> str:
+    if _UNSAFE_TEXT.search(text) is None:
+        return text
+    return _UNSAFE_TEXT.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
+
+
+def validation_problems(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """`{"type", "loc", "msg"}` for each problem, as FastAPI documents them, without
+    `input` and `ctx`.
+
+    FastAPI's own handler repeats the client's input. That input may not survive
+    encoding (`NaN`, `Infinity` and `1e400` parse as floats that JSON cannot carry; a
+    lone surrogate `"\\ud800"` cannot be UTF-8), which turned a 422 into a 500; and
+    repeating it would send secrets a client posted by mistake back into logs and
+    proxies. The location keeps the client's key names, made safe.
+    """
+    return [
+        {
+            "type": error["type"],
+            "loc": [
+                part if isinstance(part, int) else _safe_text(str(part)[:MAX_LOCATION_PART])
+                for part in error["loc"]
+            ],
+            "msg": _safe_text(error["msg"]),
+        }
+        for error in exc.errors()
+    ]
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": validation_problems(exc)}, status_code=422)
 
 
 async def job_backend_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -32,5 +74,6 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(JobBackendUnavailableError, job_backend_unavailable)
     app.add_exception_handler(Exception, internal_error)

@@ -33,5 +33,6 @@ async def ready(request: Request, backend: JobBackendDep) -> JSONResponse:
         "status": "ready" if healthy else "unavailable",
         "jobs_backend": backend.name,
         "checks": checks,
+        "warnings": await backend.warnings(),
     }
     return JSONResponse(body, status_code=200 if healthy else 503)

@@ -1,16 +1,38 @@
 """`POST /notifications`: light work, run in this process after the response."""
 
+import re
+from typing import Annotated
+
 from fastapi import APIRouter, BackgroundTasks, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..notify import deliver_notification, write_audit_line
 
 router = APIRouter(tags=["notifications"])
 
+# The shape of an address, not a full RFC 5322 check: the mail provider has the last word.
+EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
+# Lone surrogates are valid in JSON strings but not text: they cannot be encoded.
+NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def email_address(value: str) -> str:
+    if EMAIL.match(value) is None or not value.isascii():
+        raise ValueError("not an e-mail address such as name@example.com")
+    return value
+
+
+def plain_text(value: str) -> str:
+    if NOT_TEXT.search(value) is not None:
+        raise ValueError("contains control characters or invalid Unicode")
+    return value
+
 
 class Notification(BaseModel):
-    email: str = Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    message: str = Field(min_length=1, max_length=5_000)
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    email: Annotated[str, Field(max_length=254), AfterValidator(email_address)]
+    message: Annotated[str, Field(min_length=1, max_length=5_000), AfterValidator(plain_text)]
 
 
 class NotificationAccepted(BaseModel):

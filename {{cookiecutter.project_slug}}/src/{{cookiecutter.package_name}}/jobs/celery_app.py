@@ -6,16 +6,20 @@ Both sides build their app here: the API publishes with it, `worker.py` runs it.
 
 import logging
 import math
+import time
 from typing import Any
 
 from celery import Celery, Task, signals
 from celery.backends.redis import RedisBackend
-from kombu.exceptions import OperationalError
+from celery.exceptions import Reject
+from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..context import request_id_var
 from ..settings import Settings
+from . import broker
 from .models import (
     JobFailedError,
     TransientJobError,
@@ -47,9 +51,25 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     OperationalError,
 )
 MAX_RETRIES = 3
+# Errors whose text names a host and port; clients read only their type.
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (OSError, RedisError, KombuError)
 # Seconds a client of Redis waits to connect or for an answer: short, so a dead or
 # hung Redis turns into a fast 503 instead of a hanging request.
 REDIS_TIMEOUT_SECONDS = 1.0
+# After a progress update fails (Redis away), the job skips updates this long, so an
+# outage costs the job at most one timeout per interval, not one per update.
+PROGRESS_PAUSE_SECONDS = 5.0
+# The worker waits out a Redis outage where the API fails fast. Publishing a retry:
+# tries with waits of 0, 0.5, 1, 1.5, then 2 seconds, about a minute in all; after that
+# the task goes back to the queue instead (see DurableTask).
+WORKER_PUBLISH_RETRY_POLICY = {
+    "max_retries": 30,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 2,
+}
+# Storing a job's state: tries until Redis answers, backing off to 2 s between tries.
+WORKER_STORE_MAX_WAIT_MS = 2000
 
 
 class PollingRedisBackend(RedisBackend):
@@ -80,6 +100,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     return {
         "broker_url": settings.redis_url,
+        # kombu's Redis transport, checking each message it pops: a malformed one is
+        # set aside instead of stopping the worker (see broker.py).
+        "broker_transport": f"{broker.__name__}:{broker.Transport.__name__}",
         # `<class>+<url>`: Celery's own notation for a result store class of one's own.
         "result_backend": f"{__name__}:{PollingRedisBackend.__name__}+{settings.redis_url}",
         # JSON only: pickle would let anyone who can write to Redis run code here.
@@ -135,34 +158,112 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def worker_config(settings: Settings) -> dict[str, Any]:
+    """The worker's configuration: the API's, except that it waits out a Redis outage.
+
+    The API fails fast so a client gets its 503 at once; a worker holding a running
+    job has nothing better to do than wait. So a job's state (started, the result, the
+    error) is stored once Redis is back, however long that takes, and a retry is
+    published after up to a minute of tries. A job that reaches its hard time limit
+    while it waits is stopped by the limit as usual.
+    """
+    return {
+        **celery_config(settings),
+        # Without this, Celery retries only the final write of a store (its read of the
+        # current state before it is not): a 10 s freeze failed every running job.
+        "result_backend_always_retry": True,
+        "result_backend_max_sleep_between_retries_ms": WORKER_STORE_MAX_WAIT_MS,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": WORKER_PUBLISH_RETRY_POLICY,
+    }
+
+
+def write_state(store: RedisBackend, job_id: str, state: str, progress: int, expires: int) -> None:
+    """Store a job's QUEUED or PROGRESS state with one SET, and no retry: the caller
+    decides what a failure means. Celery's `store_result` reads the key first (to
+    never overwrite a finished task) and retries; neither helps a state that the next
+    update replaces."""
+    meta = {"status": state, "result": {"progress": progress}, "task_id": job_id}
+    store.client.set(store.get_key_for_task(job_id), store.encode(meta), ex=expires)
+
+
+class ProgressReporter:
+    """`report_progress` for a job on a worker: best effort, never raising.
+
+    Progress is a courtesy to whoever polls: when Redis is away, an update is logged
+    and skipped (and updates pause a few seconds), and the job goes on. A failed update
+    must not fail or retry the job: that turned every running job of a 3 s outage into
+    a failed one.
+    """
+
+    def __init__(self, task: Task[Any, Any]) -> None:
+        self.task = task
+        self.last_reported = -1
+        self.paused_until = 0.0
+
+    def __call__(self, percent: int) -> None:
+        if percent == self.last_reported or time.monotonic() < self.paused_until:
+            return
+        store, job_id = self.task.backend, self.task.request.id
+        assert isinstance(store, RedisBackend)
+        assert job_id is not None
+        try:
+            write_state(store, job_id, PROGRESS, percent, self.task.app.conf.result_expires)
+        except RedisError as exc:
+            self.paused_until = time.monotonic() + PROGRESS_PAUSE_SECONDS
+            logger.warning(
+                "job %s: progress %d%% not stored (%s); the job goes on",
+                self.task.request.id,
+                percent,
+                type(exc).__name__,
+            )
+        else:
+            self.last_reported = percent
+
+
+class DurableTask(Task):  # type: ignore[type-arg]
+    """A task whose retry is never lost to a broker outage.
+
+    When `retry` cannot publish the new attempt, Celery rejects the message *without*
+    requeueing it and the job fails for good. Requeueing instead hands the job back
+    to the queue (or, with Redis still away, leaves it unacknowledged, and Redis
+    redelivers it after the visibility timeout): jobs are idempotent, so a re-run is
+    safe, and a lost job is not.
+    """
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as rejected:
+            reason, requeue = rejected.args  # Reject(reason, requeue)
+            if requeue:
+                raise
+            logger.warning("job %s: retry not published; back to the queue", self.request.id)
+            raise Reject(reason, requeue=True) from rejected
+
+
 def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run the registered job `name`, storing its progress as it goes."""
-    last_reported = -1
-
-    def report_progress(percent: int) -> None:
-        nonlocal last_reported
-        if percent != last_reported:
-            last_reported = percent
-            task.update_state(state=PROGRESS, meta={"progress": percent})
-
     logger.info("job %s (%s) started, attempt %d", task.request.id, name, task.request.retries + 1)
     try:
-        result = find_job(name)(params, report_progress)
+        result = find_job(name)(params, ProgressReporter(task))
     except TRANSIENT_ERRORS:
         raise  # retried by `autoretry_for`
     except Exception as exc:
         # Celery stores the error as JSON and rebuilds it in the API process; a plain
         # message survives that, where e.g. pydantic's ValidationError does not.
-        raise JobFailedError(describe_error(exc)) from exc
+        raise JobFailedError(describe_error(exc, CONNECTION_ERRORS)) from exc
     logger.info("job %s (%s) succeeded", task.request.id, name)
     return result
 
 
-def create_celery_app(settings: Settings) -> Celery:
+def create_celery_app(settings: Settings, *, worker: bool = False) -> Celery:
+    """The Celery app; `worker=True` for the worker process (see `worker_config`)."""
     app = Celery(APP_NAME, set_as_current=False)
-    app.conf.update(celery_config(settings))
+    app.conf.update(worker_config(settings) if worker else celery_config(settings))
     app.task(
         bind=True,
+        base=DurableTask,
         name=RUN_JOB_TASK,
         autoretry_for=TRANSIENT_ERRORS,
         max_retries=MAX_RETRIES,

@@ -104,5 +104,8 @@ class InProcessBackend:
     async def check_dependencies(self) -> dict[str, str]:
         return {}
 
+    async def warnings(self) -> list[str]:
+        return []
+
     async def aclose(self) -> None:
         return None

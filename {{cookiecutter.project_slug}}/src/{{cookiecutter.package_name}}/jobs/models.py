@@ -62,7 +62,19 @@ class JobBackendUnavailableError(Exception):
     """The backend cannot take jobs now (its broker is down); worth retrying later."""
 
 
-def describe_error(exc: BaseException) -> str:
-    """The `error` text of a failed job: the exception type and its message."""
+# What a client reads for an error whose own text would name internal hosts and ports.
+UNREACHABLE = "a service the job needs could not be reached"
+
+
+def describe_error(
+    exc: BaseException, connection_errors: tuple[type[BaseException], ...] = (OSError,)
+) -> str:
+    """The `error` text of a failed job, as clients read it: the exception type and its
+    message, except for connection errors, whose message names internal addresses
+    (`Error 111 connecting to 10.0.3.7:6379`): those say only what kind of error it
+    was. The log keeps the full text."""
+    name = type(exc).__name__
+    if isinstance(exc, connection_errors):
+        return f"{name}: {UNREACHABLE}"
     message = str(exc)
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return f"{name}: {message}" if message else name

@@ -33,6 +33,10 @@ class JobBackend(Protocol):
     async def check_dependencies(self) -> dict[str, str]:
         """What the backend needs, each mapped to "ok" or to why it is not."""
 
+    async def warnings(self) -> list[str]:
+        """What an operator should know that does not stop the service (a result
+        store without persistence); logged at start-up and shown by readiness."""
+
     async def aclose(self) -> None:
         """Release connections at shutdown."""
 

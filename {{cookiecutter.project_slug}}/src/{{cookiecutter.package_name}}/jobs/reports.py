@@ -8,7 +8,7 @@ so either backend can run it and a re-run with the same params gives the same re
 import time
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .models import ProgressReporter
 
@@ -18,11 +18,15 @@ BATCHES = 20
 
 
 class ReportParams(BaseModel):
+    # Strict: `true` or `"5"` for rows is a client's bug, not a number to guess at.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
     rows: int = Field(ge=1, le=MAX_ROWS, description="How many synthetic rows to summarise.")
     simulate_seconds: float = Field(
         default=0.0,
         ge=0.0,
         le=MAX_SIMULATE_SECONDS,
+        allow_inf_nan=False,
         description="Make the job last at least this long, reporting progress as it goes.",
     )
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
-from ..settings import Settings
+from ..settings import Settings{% if cookiecutter.use_bearer_auth %}, require_api_token{% endif %}
 from .access_log import AccessLogMiddleware
 {%- if cookiecutter.use_bearer_auth %}
 from .bearer_auth import BearerAuthMiddleware
@@ -28,10 +28,6 @@ from .security_headers import SecurityHeadersMiddleware
 
 def middleware_stack(settings: Settings) -> list[Middleware]:
     """The layers, outermost first."""
-    {%- if cookiecutter.use_bearer_auth %}
-    if settings.api_token is None:
-        raise RuntimeError("API_TOKEN is not set: the API needs it to check bearer tokens")
-    {%- endif %}
     return [
         # First, so every other layer and every log line of the request has the id.
         Middleware(RequestIdMiddleware),
@@ -42,7 +38,7 @@ def middleware_stack(settings: Settings) -> list[Middleware]:
         {%- if cookiecutter.use_bearer_auth %}
         # Rejects before the app reads a byte of the body. The health checks stay
         # open for load balancers and orchestrators.
-        Middleware(BearerAuthMiddleware, token=settings.api_token.get_secret_value()),
+        Middleware(BearerAuthMiddleware, token=require_api_token(settings)),
         {%- endif %}
         # A declared oversize body is refused before anything reads it; chunked bodies
         # are counted by FastAPI's `max_body_size` (see create_app).
