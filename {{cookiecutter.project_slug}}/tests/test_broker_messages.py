@@ -11,7 +11,6 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 from kombu.transport import redis as kombu_redis
 
@@ -96,6 +95,7 @@ def test_the_worker_survives_any_bytes_in_the_queue_and_runs_the_job_behind_them
     with running_worker(private_redis.url, "sturdy", tmp_path) as worker:
         result = app.AsyncResult(job_id)
         wait_until(lambda: result.state == "SUCCESS", 30, "the job behind the bad messages")
+        assert isinstance(result.result, dict)
         assert result.result["rows"] == 3
         assert worker.process.poll() is None, "the worker exited"
 
@@ -116,6 +116,6 @@ def test_the_dead_letter_list_is_bounded(private_redis: RedisServer, tmp_path: P
         wait_until(lambda: client.llen(QUEUE) == 0, 60, "the worker to drain the queue")
         assert client.llen(broker.dead_letter_key(QUEUE)) == broker.DEAD_LETTER_MAX
         newest = client.lindex(broker.dead_letter_key(QUEUE), 0)
-        assert newest is not None
+        assert isinstance(newest, bytes)
         assert newest.startswith(b"x%d!" % (broker.DEAD_LETTER_MAX + 4))
     client.close()

@@ -1,19 +1,26 @@
-"""The formatters write what the standard library's own formatting would, only cheaper:
-each second's date and time is formatted once, not once a line."""
+"""The formatters write what the standard library's own formatting would, only cheaper
+(each second's date and time is formatted once, not once a line), and safer: no client
+input can forge a line or send escape codes to a terminal."""
 
+import io
 import json
 import logging
 import sys
 from datetime import UTC, datetime
 
+import httpx2 as httpx
 import pytest
 
+from {{ cookiecutter.package_name }}.factory import create_app
 from {{ cookiecutter.package_name }}.logs import (
     TEXT_FORMAT,
     JsonFormatter,
     TextFormatter,
+    configure_logging,
+    escape_control_characters,
     utc_timestamp,
 )
+from tests.support import AUTH_HEADERS, live_server, make_settings
 
 # Whole seconds, milliseconds that a float cannot hold exactly, and the microsecond
 # roundings at a millisecond's and at a second's edge.
@@ -77,3 +84,63 @@ def test_exceptions_are_formatted_as_before() -> None:
         record = record_at(1.5, exc_info=sys.exc_info())
     assert "RuntimeError: boom" in json.loads(JsonFormatter().format(record))["exception"]
     assert TextFormatter().format(record) == logging.Formatter(TEXT_FORMAT).format(record)
+
+
+FORGED_PATH = "/x%0aFORGED-LINE%0d%1b[31m"
+
+
+def serve_one_request_and_read_the_log(log_format: str) -> str:
+    """A real server with the service's own handler writing `log_format` to a buffer,
+    and one request whose path holds a line break, a carriage return and an escape."""
+    stream = io.StringIO()
+    app = create_app(make_settings(log_format=log_format, log_level="INFO"))
+    configure_logging("INFO", log_format, stream=stream)
+    with live_server(app) as url, httpx.Client(base_url=url, headers=AUTH_HEADERS) as http:
+        http.get(FORGED_PATH, headers={"X-Request-ID": "forged-path"})
+    return stream.getvalue()
+
+
+def test_a_path_cannot_forge_a_text_log_line_or_reach_the_terminal() -> None:
+    """Before: the `%0a` wrote a second line that began `FORGED-LINE`, and the escape
+    code reached the terminal raw."""
+    text = serve_one_request_and_read_the_log("text")
+    lines = text.splitlines()
+    assert not any(line.startswith("FORGED") for line in lines), text
+    assert "\x1b" not in text
+    assert "\r" not in text
+    (access,) = [line for line in lines if "[forged-path]" in line and " 404 " in line]
+    assert "/x\\nFORGED-LINE\\r\\x1b[31m 404" in access
+
+
+def test_json_lines_carry_the_path_as_it_came_one_object_a_line() -> None:
+    text = serve_one_request_and_read_the_log("json")
+    records = [json.loads(line) for line in text.splitlines()]  # every line is one object
+    (access,) = [r for r in records if r.get("http", {}).get("status") == 404]
+    assert access["http"]["path"] == "/x\nFORGED-LINE\r\x1b[31m"
+    assert "\x1b" not in text
+    assert not any("color_message" in r for r in records)
+
+
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("plain text, unchanged", "plain text, unchanged"),
+        ("a\nb\r\tc", "a\\nb\\r\\tc"),
+        ("\x00\x1b\x7f\x85\x9f", "\\x00\\x1b\\x7f\\x85\\x9f"),
+        ("line\u2028separator\u2029", "line\\u2028separator\\u2029"),
+        ("lone \ud800 surrogate", "lone \\ud800 surrogate"),
+        ("accents é and 漢字 stay", "accents é and 漢字 stay"),
+    ],
+)
+def test_control_characters_are_escaped(text: str, escaped: str) -> None:
+    assert escape_control_characters(text) == escaped
+
+
+def test_a_text_traceback_keeps_its_lines_and_escapes_the_rest() -> None:
+    try:
+        raise RuntimeError("bad\x1b[2J input")
+    except RuntimeError:
+        record = record_at(1.5, exc_info=sys.exc_info())
+    line = TextFormatter().format(record)
+    assert "Traceback (most recent call last):\n" in line
+    assert "RuntimeError: bad\\x1b[2J input" in line

@@ -1,12 +1,18 @@
 """Settings: documented where users look, and validated with a clear message."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from {{ cookiecutter.package_name }}.settings import Settings
-from tests.support import make_settings
+{%- if cookiecutter.job_backend == "celery" and cookiecutter.use_bearer_auth %}
+from tests.celery_processes import RedisServer, running_worker
+{%- endif %}
+from tests.support import PACKAGE, free_port, make_settings, with_source_on_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,9 +39,6 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("log_format", "xml"),
         ("log_level", "LOUD"),
         ("max_request_body_bytes", -1),
-        {%- if cookiecutter.use_bearer_auth %}
-        ("api_token", "short"),
-        {%- endif %}
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(name: str, value: object) -> None:
@@ -44,9 +47,73 @@ def test_bad_settings_are_refused_naming_the_setting(name: str, value: object) -
 {%- if cookiecutter.use_bearer_auth %}
 
 
-def test_the_api_refuses_to_start_without_a_token() -> None:
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [(None, "API_TOKEN is not set"), ("short", "API_TOKEN must be at least 16 characters")],
+)
+def test_the_api_refuses_to_start_without_a_good_token(token: str | None, reason: str) -> None:
     from {{ cookiecutter.package_name }}.factory import create_app
+    from {{ cookiecutter.package_name }}.settings import SettingsError
 
-    with pytest.raises(RuntimeError, match="API_TOKEN is not set"):
-        create_app(make_settings(api_token=None))
+    with pytest.raises(SettingsError, match=reason):
+        create_app(make_settings(api_token=token))
+{%- endif %}
+
+
+def start_up_output(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int, list[str]]:
+    """Run a process that must refuse to start; its exit code and its output lines."""
+    environment = {**with_source_on_path(os.environ), **env}
+    done = subprocess.run(
+        command, env=environment, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    return done.returncode, (done.stdout + done.stderr).splitlines()
+
+
+def serve_command() -> list[str]:
+    return [sys.executable, "-m", "uvicorn", f"{PACKAGE}.main:app", "--port", str(free_port())]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("LOG_LEVEL", "LOUD"),
+        ("MAX_REQUEST_BODY_BYTES", "-1"),
+        {%- if cookiecutter.use_bearer_auth %}
+        ("API_TOKEN", "s3cret-short"),
+        {%- endif %}
+    ],
+)
+def test_a_bad_setting_stops_the_server_with_one_line_naming_it(
+    variable: str, value: str, tmp_path: Path
+) -> None:
+    """One line, no traceback, and never the value: it may be a secret (pydantic's own
+    message would print `input_value='...'`)."""
+    code, lines = start_up_output(serve_command(), {variable: value}, tmp_path)
+    assert code != 0
+    assert len(lines) == 1, lines
+    assert variable in lines[0]
+    assert value not in lines[0]
+    assert "Traceback" not in lines[0]
+{%- if cookiecutter.job_backend == "celery" %}
+
+
+def worker_command() -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", f"{PACKAGE}.worker", "worker", "--pool", "solo"]
+
+
+def test_a_bad_setting_stops_the_worker_with_one_line_naming_it(tmp_path: Path) -> None:
+    code, lines = start_up_output(worker_command(), {"JOB_TIME_LIMIT_SECONDS": "1"}, tmp_path)
+    assert code != 0
+    assert len(lines) == 1, lines
+    assert "JOB_TIME_LIMIT_SECONDS" in lines[0]
+{%- if cookiecutter.use_bearer_auth %}
+
+
+def test_the_worker_starts_without_checking_the_token_it_does_not_use(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The API refuses a short API_TOKEN; the worker needs no token and must not."""
+    with running_worker(private_redis.url, "tokenless", tmp_path, {"API_TOKEN": "short"}) as worker:
+        assert worker.process.poll() is None
+{%- endif %}
 {%- endif %}
