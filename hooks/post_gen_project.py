@@ -5,7 +5,12 @@ every file.
 The template keeps every optional file; `FEATURES` lists them with the answers that
 keep them, and everything an unchosen feature owns is removed here. Dependency files
 stay plain TOML (no template logic, so Dependabot-style tools can update them): a
-feature's dependency lines are deleted by name instead. No network, no third-party
+feature's dependency lines are deleted by name instead.
+
+It also writes `.cruft.json` (where the template is, at which commit, with which answers,
+so cruft can follow it) and the `.env` of fresh secrets, owner-only from its creation.
+Problems that do not stop generation (a template with uncommitted changes, or not in git)
+are one `NOTE:` line each on stderr. No network (git runs locally), no third-party
 imports.
 """
 
