@@ -131,8 +131,10 @@ def local_env_file(answers: Mapping[str, Any]) -> str | None:
     return "\n".join([header, *lines]) + "\n"
 
 
-# cookiecutter's own abbreviations (cookiecutter.config.BUILTIN_ABBREVIATIONS); cruft clones
-# the recorded location with plain git, which knows none of them.
+# cookiecutter's built-in abbreviations (cookiecutter.config.BUILTIN_ABBREVIATIONS), copied
+# because the hooks import only the standard library, and cookiecutter's expander needs the
+# user's config, which a hook never sees. cruft clones the recorded location with plain
+# git, which knows none of them.
 ABBREVIATIONS = {
     "gh": "https://github.com/{0}.git",
     "gl": "https://gitlab.com/{0}.git",

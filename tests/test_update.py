@@ -181,3 +181,4 @@ def test_a_template_that_is_not_a_git_checkout_is_recorded_and_said(tmp_path: Pa
     # What the note warns of: cruft cannot follow such a template.
     check = cruft(project, "check")
     assert check.returncode != 0
+    assert "Failed to clone" in check.stdout + check.stderr
