@@ -113,10 +113,12 @@ class Case:
     id: str
     answers: Mapping[str, Any]
     slug: str  # the project_slug these answers must produce
+    package: str | None = None  # the package_name they must produce, when not the slug's
 
     @property
     def package_name(self) -> str:
-        return str(self.answers.get("package_name", self.slug.replace("-", "_")))
+        derived = self.package or self.slug.replace("-", "_")
+        return str(self.answers.get("package_name", derived))
 
     @property
     def job_backend(self) -> str:
@@ -164,14 +166,16 @@ CASES: tuple[Case, ...] = (
         slug="cafe-unicode-service",
     ),
     Case(
+        # A leading digit: valid in the slug, not in an import name, which gets `app_`.
         id="digit-slug",
         answers={
-            "project_slug": "service-42",
+            "project_name": "2FA Service",
             "job_backend": "celery",
             "use_bearer_auth": False,
             "python_version": "3.13",
         },
-        slug="service-42",
+        slug="2fa-service",
+        package="app_2fa_service",
     ),
 )
 

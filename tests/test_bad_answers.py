@@ -4,6 +4,7 @@ command line hands booleans to the template."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -32,12 +33,16 @@ BAD_ANSWERS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("slug-uppercase", {"project_slug": "Orders"}, "project_slug", "Orders", "lowercase"),
     ("slug-underscore", {"project_slug": "orders_api"}, "project_slug", "orders_api", "dash"),
     ("slug-leading-dash", {"project_slug": "-orders"}, "project_slug", "-orders", "dash"),
+    # The issue's example: the offered package name is now `payments_api`, but the slug the
+    # user typed is still wrong, and is what the message names.
+    ("slug-space", {"project_slug": "payments api"}, "project_slug", "payments api", "dash"),
     ("package-keyword", {"package_name": "class"}, "package_name", "class", "keyword"),
     ("package-stdlib", {"package_name": "json"}, "package_name", "json", "standard"),
     ("package-celery", {"package_name": "celery"}, "package_name", "celery", "dependency"),
     ("package-fastapi", {"package_name": "fastapi"}, "package_name", "fastapi", "dependency"),
     ("package-redis", {"package_name": "redis"}, "package_name", "redis", "dependency"),
     ("package-digit", {"package_name": "1orders"}, "package_name", "1orders", "digit"),
+    ("package-typed-2fa", {"package_name": "2fa_service"}, "package_name", "2fa_service", "digit"),
     ("email", {"author_email": "not-an-email"}, "author_email", "not-an-email", "@"),
     ("version", {"version": "one.two"}, "version", "one.two", "version"),
 ]
@@ -86,6 +91,26 @@ def test_bad_slug_is_reported_before_the_package_name_it_derives(
     assert "project_slug" in lines[0]
     assert "Bad_Slug" in lines[0]
     assert "package_name" not in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("answers", "slug", "package"),
+    [
+        pytest.param({"project_name": "Email"}, "email", "email_service", id="stdlib-name"),
+        pytest.param({"project_slug": "celery"}, "celery", "celery_service", id="dependency-slug"),
+    ],
+)
+def test_derived_names_pass_the_hook_in_a_real_bake(
+    tmp_path: Path, answers: dict[str, Any], slug: str, package: str
+) -> None:
+    """A name whose plain derivation the hook would reject (`email` shadows the standard
+    library, `celery` a dependency) gets a valid default instead of a failed generation.
+    The leading-digit case (`2FA Service`) is a full bake in conftest.CASES."""
+    project = bake(tmp_path, job_backend="inprocess", **answers)
+    assert project.name == slug
+    assert (project / "src" / package / "__init__.py").is_file()
+    recorded = json.loads((project / ".cruft.json").read_text())["context"]["cookiecutter"]
+    assert (recorded["project_slug"], recorded["package_name"]) == (slug, package)
 
 
 def bearer_paths(project: Path, package_name: str) -> list[Path]:

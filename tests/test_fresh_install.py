@@ -5,6 +5,8 @@ from a bake's own pyproject.toml."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,7 +30,50 @@ def checked(ran: Ran) -> Ran:
     return ran
 
 
-@pytest.mark.heavy(seconds=120)  # measured: 60 to 110 s
+def not_activated_env(tmp_path: Path) -> dict[str, str]:
+    """A shell where no virtual environment is active: no folder on PATH holds ruff, mypy or
+    pre-commit, so a hook that found them there would fail. pre-commit's own store and
+    git's identity stay inside the test."""
+    tools = ("ruff", "mypy", "pre-commit")
+    path = [
+        folder
+        for folder in os.environ.get("PATH", os.defpath).split(os.pathsep)
+        if folder and not any(shutil.which(tool, path=folder) for tool in tools)
+    ]
+    env = clean_env(PATH=os.pathsep.join(path), PRE_COMMIT_HOME=str(tmp_path / "pre-commit"))
+    for role in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{role}_NAME"] = "Test"
+        env[f"GIT_{role}_EMAIL"] = "test@example.com"
+    return env
+
+
+def check_pre_commit(project: Path, package: str, tmp_path: Path) -> None:
+    """The generated README's commands, right after setup, venv not activated: the hooks
+    pass on the fresh project, and stop a commit that breaks ruff and mypy."""
+    env = not_activated_env(tmp_path)
+    assert shutil.which("ruff", path=env["PATH"]) is None
+    pre_commit = project / ".venv" / "bin" / "pre-commit"
+    checked(run(["git", "init", "--quiet"], project, env))
+    checked(run(["git", "add", "--all"], project, env))
+    checked(run([pre_commit, "install"], project, env))
+    ran = checked(run([pre_commit, "run", "--all-files"], project, env, timeout=INSTALL_TIMEOUT))
+    lines = ran.output.splitlines()
+    for hook in ("ruff check", "ruff format", "mypy --strict"):
+        passed = any(line.startswith(hook) and line.endswith("Passed") for line in lines)
+        assert passed, f"{hook} did not run and pass:\n{ran.output}"
+    checked(run(["git", "commit", "--quiet", "--message", "generated"], project, env))
+
+    broken = project / "src" / package / "broken.py"
+    broken.write_text('import os\n\nANSWER: int = "forty-two"\n')
+    checked(run(["git", "add", str(broken)], project, env))
+    refused = run(["git", "commit", "--quiet", "--message", "broken"], project, env)
+    assert not refused.ok, "the commit hook let a ruff and mypy failure through"
+    # ruff's unused import, and mypy's type error.
+    assert "F401" in refused.output, refused.report()
+    assert "Incompatible types in assignment" in refused.output, refused.report()
+
+
+@pytest.mark.heavy(seconds=120)  # measured: 80 to 130 s with the pre-commit checks
 @pytest.mark.parametrize("job_backend", ["celery", "inprocess"])
 def test_fresh_install_runs_its_tests(tmp_path: Path, job_backend: str) -> None:
     project = bake(tmp_path, job_backend=job_backend)
@@ -41,6 +86,8 @@ def test_fresh_install_runs_its_tests(tmp_path: Path, job_backend: str) -> None:
     checked(run([sys.executable, "-m", "venv", ".venv"], cwd=project, env=clean_env()))
     install: list[str | Path] = [venv / "bin" / "pip", "install", "-e", ".[dev]"]
     checked(run(install, cwd=project, env=env, timeout=INSTALL_TIMEOUT))
+
+    check_pre_commit(project, "orders_service", tmp_path)
 
     # REQUIRE_REDIS and TEST_REDIS_URL pass through from our own environment.
     tests = checked(run([venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider"], project, env))
