@@ -21,12 +21,11 @@ from .context import request_id_var
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-8s [%(request_id)s] %(name)s: %(message)s"
 
-# Attributes every LogRecord has; anything else on a record came from `extra=`.
-_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# Attributes every LogRecord has, and uvicorn's `color_message` (its message with
+# terminal colour codes: noise in a JSON line); anything else came from `extra=`.
+_NOT_EXTRA = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 # One encoder for every line: `json.dumps(..., default=str)` builds a new one each call.
 _JSON_ENCODER = json.JSONEncoder(default=str)
-# uvicorn's copy of its message with terminal colour codes: noise in a JSON line.
-_DROPPED_FIELDS = frozenset({"color_message"})
 
 # C0 and C1 control characters and DEL, Unicode's line and paragraph separators, and
 # lone surrogates (which JSON can carry but a UTF-8 stream cannot).
@@ -113,13 +112,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        entry.update(
-            {
-                key: value
-                for key, value in vars(record).items()
-                if key not in _RECORD_ATTRIBUTES and key not in _DROPPED_FIELDS
-            }
-        )
+        entry.update({key: value for key, value in vars(record).items() if key not in _NOT_EXTRA})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _JSON_ENCODER.encode(entry)
