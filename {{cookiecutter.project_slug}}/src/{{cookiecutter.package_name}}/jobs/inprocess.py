@@ -13,7 +13,8 @@ Nothing else to run, which suits development and small deployments. The limits:
   failed, saying so; a second signal stops the process at once; a hard kill loses all;
 - a finished job stays readable for `JOB_RETENTION_SECONDS`, and at most
   `INPROCESS_MAX_FINISHED_JOBS` finished jobs are kept (the oldest go first), which
-  bounds their memory (about 1 KB each for the example job).
+  bounds their memory (about 0.9 KB each for the example job: 8.6 MB at the
+  default 10,000, measured with tracemalloc).
 {%- if cookiecutter.job_backend == "celery" %}
 Choose the Celery backend when jobs must survive those.
 {%- endif %}
@@ -60,8 +61,8 @@ class InMemoryJobStore:
         # Finished job ids in the order they ended, with when: the oldest come first.
         self._finished: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
-        self._max_finished = max_finished
-        self._retention_seconds = retention_seconds
+        self.max_finished = max_finished
+        self.retention_seconds = retention_seconds
         self._clock = clock
 
     def add(self, job_id: str) -> None:
@@ -112,10 +113,10 @@ class InMemoryJobStore:
     def _forget_expired(self) -> None:
         # Oldest first, so each call stops at the first job still to keep: O(1) a call
         # when nothing is due (the count-only store before scanned every job each time).
-        oldest_kept = self._clock() - self._retention_seconds
+        oldest_kept = self._clock() - self.retention_seconds
         while self._finished:
             job_id, finished_at = next(iter(self._finished.items()))
-            if finished_at > oldest_kept and len(self._finished) <= self._max_finished:
+            if finished_at > oldest_kept and len(self._finished) <= self.max_finished:
                 break
             del self._finished[job_id]
             del self._jobs[job_id]
@@ -176,7 +177,7 @@ class InProcessBackend:
         self.stopping = True
         failed = self.store.fail_queued(NOT_STARTED_AT_SHUTDOWN)
         for job_id in failed:
-            logger.warning("job %s failed: %s", job_id, NOT_STARTED_AT_SHUTDOWN)
+            logger.info("job %s failed: %s", job_id, NOT_STARTED_AT_SHUTDOWN)
             if (waiting := self._waiting.get(job_id)) is not None:
                 # Only the wait for a slot is cancelled; a job whose thread got a slot
                 # already finds itself failed and returns at once.
