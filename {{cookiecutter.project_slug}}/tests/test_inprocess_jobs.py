@@ -11,7 +11,11 @@ import pytest
 from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.factory import create_app
-from {{ cookiecutter.package_name }}.jobs import JobRequest, JobStatus, build_job_backend
+from {{ cookiecutter.package_name }}.jobs import (
+    JobRequest,
+    JobStatus,
+    build_job_backend,
+)
 from {{ cookiecutter.package_name }}.jobs.inprocess import (
     NOT_STARTED_AT_SHUTDOWN,
     InMemoryJobStore,
@@ -54,7 +58,7 @@ def test_at_sigterm_the_running_job_finishes_and_queued_ones_never_start(
     with uvicorn_process(
         tmp_path, [*BOUNDED_HTTP, *GRACEFUL], INPROCESS_JOB_CONCURRENCY="1"
     ) as server:
-        running, *queued = submit_reports(server, 4, simulate_seconds=1.5)
+        running, *queued = submit_reports(server, 4, simulate_seconds=3)
         wait_until(lambda: job_status(server, running) == "running", 10, "the first job")
         assert {job_status(server, job_id) for job_id in queued} == {"queued"}
         server.process.send_signal(signal.SIGTERM)

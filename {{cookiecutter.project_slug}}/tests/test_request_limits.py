@@ -149,8 +149,8 @@ def test_memory_stays_bounded_under_a_flood_of_unfinished_large_heads(
     grown_mb = (after - before) / 1e6
     print(f"RSS {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB under the flood")
     assert len(refused_after) == 10, "a connection was allowed 32 MB of header"
-    # Each was cut off within a few socket buffers of the limit, not at 32 MB.
-    assert max(refused_after) < 8 * 1024 * 1024, refused_after
+    # Each was cut off within the socket buffers past the limit, far short of 32 MB.
+    assert max(refused_after) < 16 * 1024 * 1024, refused_after
     assert grown_mb < 20, f"RSS grew {grown_mb:.0f} MB"
     assert exchange(server, head() + b"\r\n")[0] == 200  # and it still serves
     refusals = [m for m in server.messages() if m.startswith("431 to ")]
