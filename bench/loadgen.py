@@ -34,9 +34,11 @@ class Request:
     method: str
     path: str
     body: bytes = b""
+    headers: tuple[tuple[str, str], ...] = ()  # sent besides Host (and the body's)
 
     def encode(self, port: int) -> bytes:
         head = f"{self.method} {self.path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in self.headers)
         if self.body or self.method in ("POST", "PUT", "PATCH"):
             head += f"Content-Type: application/json\r\nContent-Length: {len(self.body)}\r\n"
         return head.encode() + b"\r\n" + self.body
@@ -100,12 +102,17 @@ def parse_wrk(output: str) -> LoadResult:
 
 def wrk_script(request: Request) -> str:
     """A wrk Lua script that sends `request` instead of a GET."""
-    body = request.body.decode().replace("\\", "\\\\").replace('"', '\\"')
-    return (
-        f'wrk.method = "{request.method}"\n'
-        f'wrk.body = "{body}"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-    )
+
+    def lua(text: str) -> str:
+        return text.replace("\\", "\\\\").replace('"', '\\"')
+
+    script = f'wrk.method = "{request.method}"\n'
+    if request.body or request.method != "GET":
+        script += f'wrk.body = "{lua(request.body.decode())}"\n'
+        script += 'wrk.headers["Content-Type"] = "application/json"\n'
+    for name, value in request.headers:
+        script += f'wrk.headers["{lua(name)}"] = "{lua(value)}"\n'
+    return script
 
 
 def run_wrk(port: int, request: Request, seconds: float, connections: int) -> LoadResult:
@@ -122,7 +129,7 @@ def run_wrk(port: int, request: Request, seconds: float, connections: int) -> Lo
         "--latency",
     ]
     with tempfile.TemporaryDirectory(prefix="wrk-") as workdir:
-        if request.method != "GET" or request.body:
+        if request.method != "GET" or request.body or request.headers:
             script = Path(workdir) / "request.lua"
             script.write_text(wrk_script(request))
             command += ["--script", str(script)]

@@ -293,13 +293,20 @@ class Service:
 
 
 def start_api(
-    processes: Processes, bake: Bake, factory: str, name: str, run_dir: Path, **env: str
+    processes: Processes,
+    bake: Bake,
+    factory: str,
+    name: str,
+    run_dir: Path,
+    options: Sequence[str] = (),
+    **env: str,
 ) -> Service:
+    """Serve `apps:<factory>` with uvicorn; `options` are more uvicorn options (--http)."""
     port = free_port()
     settings = {"LOG_LEVEL": "INFO", "LOG_FORMAT": "text", "JOBS_BACKEND": bake.backend, **env}
     command = [
         bake.python, "-m", "uvicorn", "--factory", f"apps:{factory}",
-        "--host", HOST, "--port", str(port), "--no-access-log",
+        "--host", HOST, "--port", str(port), "--no-access-log", *options,
     ]  # fmt: skip
     # cwd: a folder of our own, so no developer `.env` changes the settings.
     process = processes.start(name, command, cwd=run_dir, env=bake.env(**settings))
@@ -877,6 +884,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "jobs": jobs_section,
         "enqueue": enqueue_section,
         "generation": generation_section,
+        "limits": limits_section,
     }
     for part, section in sections.items():
         if part in results:
@@ -884,10 +892,245 @@ def markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- part 5
+
+
+# What a browser sends through a proxy: 14 fields, about 1.1 KB, the parser's real work.
+BROWSER_HEADERS = (
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"),
+    ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+    ("Accept-Language", "en-GB,en;q=0.7,fr;q=0.3"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    ("Referer", "https://app.example.com/reports/2026/11?view=table&page=3"),
+    ("Cookie", "session=" + "s" * 180 + "; theme=dark; consent=" + "c" * 120),
+    ("Authorization", "Bearer " + "t" * 220),
+    ("X-Forwarded-For", "203.0.113.7, 198.51.100.23"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Request-ID", "0f8e6c2a9b7d4e1f8a3c5b7d9e1f2a4c"),
+    ("Sec-Fetch-Dest", "empty"),
+    ("Sec-Fetch-Mode", "cors"),
+    ("Sec-Fetch-Site", "same-origin"),
+    ("Cache-Control", "no-cache"),
+)
+LIMITS_REQUESTS = {
+    "bare": LIVE,
+    "browser": Request("GET", LIVE.path, headers=BROWSER_HEADERS),
+}
+FLOOD_CONNECTIONS = 10
+FLOOD_BYTES = 32 * 1024 * 1024
+
+
+def parser_variants(package: str) -> list[tuple[str, list[str], str]]:
+    return [
+        ("httptools", ["--http", "httptools"], "uvicorn's default parser: no header limit"),
+        (
+            "bounded",
+            ["--http", f"{package}.http_protocol:BoundedHttpToolsProtocol"],
+            "the Dockerfile's: httptools, 431 past MAX_REQUEST_HEADER_BYTES/_HEADERS",
+        ),
+        (
+            "h11",
+            ["--http", "h11", "--h11-max-incomplete-event-size", "32768"],
+            "h11 with its size bound (400, fields not counted)",
+        ),
+    ]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def unfinished_header_flood(port: int, pid: int) -> tuple[list[int], float]:
+    """FLOOD_CONNECTIONS connections at once, each sending FLOOD_BYTES of one header that
+    never ends. Returns how much each got to send before the server cut it off, and the
+    server's RSS in MB while they are all still open."""
+
+    async def one(writers: list[asyncio.StreamWriter]) -> int:
+        _, writer = await asyncio.open_connection(HOST, port)
+        writers.append(writer)
+        sent = 0
+        try:
+            writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Flood: ")
+            chunk = b"a" * 65_536
+            while sent < FLOOD_BYTES:
+                writer.write(chunk)
+                await asyncio.wait_for(writer.drain(), 10)
+                sent += len(chunk)
+        except (OSError, TimeoutError):
+            pass  # cut off by the server
+        return sent
+
+    async def flood() -> tuple[list[int], float]:
+        writers: list[asyncio.StreamWriter] = []
+        sent = await asyncio.gather(*(one(writers) for _ in range(FLOOD_CONNECTIONS)))
+        await asyncio.sleep(0.5)  # let the server read what is in flight
+        held = rss_mb(pid)  # with every connection still open, as an attacker keeps them
+        for writer in writers:
+            writer.close()
+        return list(sent), held
+
+    return asyncio.run(flood())
+
+
+def header_limits_cost(
+    args: argparse.Namespace, bake: Bake, processes: Processes, run_dir: Path
+) -> dict[str, Any]:
+    """Part 5: the generated app under each HTTP parser, with and without a header bound:
+    throughput side by side, then memory under a flood of unfinished large headers."""
+    variants = parser_variants(bake.package)
+    services = {
+        name: start_api(
+            processes, bake, "generated", f"limits-{name}", run_dir, options, LOG_LEVEL="WARNING"
+        )
+        for name, options, _ in variants
+    }
+    results: dict[tuple[str, str], list[LoadResult]] = {
+        (name, kind): [] for name, _, _ in variants for kind in LIMITS_REQUESTS
+    }
+    for name, _, _ in variants:  # warm-up
+        saturate(services[name].port, LIVE, 1, args.connections)
+    for number in range(args.rounds):
+        order = variants if number % 2 == 0 else list(reversed(variants))
+        for kind, request in LIMITS_REQUESTS.items():
+            for name, _, _ in order:
+                result = saturate(services[name].port, request, args.seconds, args.connections)
+                if result.unexpected or result.errors:
+                    raise RuntimeError(
+                        f"{name}/{kind}: {result.unexpected} non-2xx, {result.errors} errors"
+                    )
+                results[(name, kind)].append(result)
+        progress(f"limits: round {number + 1}/{args.rounds}")
+    rows = []
+    for name, _, description in variants:
+        row: dict[str, Any] = {"variant": name, "description": description}
+        for kind in LIMITS_REQUESTS:
+            mine, base = results[(name, kind)], results[("httptools", kind)]
+            row[kind] = {
+                "requests_per_second": ratio_stats([r.per_second for r in mine]),
+                "vs_httptools": ratio_stats(
+                    [m.per_second / b.per_second for m, b in zip(mine, base, strict=True)]
+                ),
+            }
+        service = services[name]
+        before = rss_mb(service.process.pid)
+        sent, held = unfinished_header_flood(service.port, service.process.pid)
+        row["flood"] = {
+            "rss_before_mb": before,
+            "rss_during_mb": held,
+            "max_sent_mb": max(sent) / 2**20,
+            "still_serves": answers(service.port, LIVE.path),
+        }
+        rows.append(row)
+    for service in services.values():
+        processes.stop(service.process)
+    cpu = parser_cpu(args, bake, run_dir)
+    return {
+        "load": f"{'wrk' if wrk_available() else 'python client'}, 1 thread, "
+        f"{args.connections} connections, {args.seconds:g} s a turn, {args.rounds} rounds; "
+        "the generated app at LOG_LEVEL=WARNING",
+        "flood": f"{FLOOD_CONNECTIONS} connections at once, each sending up to "
+        f"{FLOOD_BYTES >> 20} MB of one unfinished header",
+        "rows": rows,
+        "parser_cpu": cpu,
+    }
+
+
+def parser_cpu(args: argparse.Namespace, bake: Bake, run_dir: Path) -> dict[str, Any]:
+    """CPU a request costs in each protocol, driven in-process (`parser_cost.py`), with the
+    project's interpreter: steadier than any load over sockets on a shared machine."""
+    command = [
+        bake.python, BENCH_DIR / "parser_cost.py", bake.package,
+        json.dumps(BROWSER_HEADERS), str(max(3, args.rounds)),
+    ]  # fmt: skip
+    completed = subprocess.run(
+        [str(part) for part in command],
+        cwd=run_dir,
+        env=bake.env(LOG_LEVEL="WARNING", JOBS_BACKEND=bake.backend),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"parser_cost.py failed:\n{completed.stderr}")
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result
+
+
+def limits_section(limits: dict[str, Any]) -> list[str]:
+    cpu = limits["parser_cpu"]
+    lines = [
+        "## 5. Request-header limits: the HTTP parser's cost",
+        "",
+        "CPU per request, driven in-process (`bench/parser_cost.py`: best of "
+        f"{cpu['rounds']} rounds of {cpu['requests_a_turn']:,} requests on one kept-alive",
+        "connection), in front of an app that answers at once (`tiny`: the protocol's own",
+        "cost) and of the generated app at LOG_LEVEL=WARNING (`generated`: a request in all).",
+        "",
+        cells("app", "variant", "bare us", "vs httptools", "browser us", "vs httptools"),
+        "|---|---|--:|--:|--:|--:|",
+    ]
+    for row in cpu["rows"]:
+        lines.append(
+            cells(
+                row["app"],
+                f"`{row['variant']}`",
+                f"{row['bare']['us_per_request']:.1f}",
+                f"{row['bare']['vs_httptools']:.2f}",
+                f"{row['browser']['us_per_request']:.1f}",
+                f"{row['browser']['vs_httptools']:.2f}",
+            )
+        )
+    lines += [
+        "",
+        f"Over sockets: {limits['load']}. `bare`: `GET /health/live` with Host only;",
+        f"`browser`: the same with {len(BROWSER_HEADERS)} header fields a browser sends "
+        "through a proxy (about 1.1 KB). Medians (min-max); ratios round by round.",
+        "",
+        cells("variant", "bare req/s", "vs httptools", "browser req/s", "vs httptools", "is"),
+        "|---|--:|--:|--:|--:|---|",
+    ]
+    for row in limits["rows"]:
+        lines.append(
+            cells(
+                f"`{row['variant']}`",
+                spread(row["bare"]["requests_per_second"], thousands=True),
+                spread(row["bare"]["vs_httptools"]),
+                spread(row["browser"]["requests_per_second"], thousands=True),
+                spread(row["browser"]["vs_httptools"]),
+                row["description"],
+            )
+        )
+    lines += [
+        "",
+        f"Flood: {limits['flood']}; RSS of the server process.",
+        "",
+        cells(
+            "variant", "RSS before MB", "RSS during MB", "most sent, one connection MB", "serves"
+        ),
+        "|---|--:|--:|--:|---|",
+    ]
+    for row in limits["rows"]:
+        flood = row["flood"]
+        lines.append(
+            cells(
+                f"`{row['variant']}`",
+                f"{flood['rss_before_mb']:.0f}",
+                f"{flood['rss_during_mb']:.0f}",
+                f"{flood['max_sent_mb']:.1f}",
+                "yes" if flood["still_serves"] else "no",
+            )
+        )
+    return [*lines, ""]
+
+
 # --------------------------------------------------------------------------- main
 
 
-PARTS = ("generation", "middleware", "jobs", "enqueue")
+PARTS = ("generation", "middleware", "jobs", "enqueue", "limits")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -900,7 +1143,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
     )
-    parser.add_argument("--rounds", type=int, help="rounds of parts 1 and 3 (default 5; quick 2)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of parts 1, 3 and 5 (default 5; quick 2)"
+    )
     parser.add_argument("--seconds", type=float, help="seconds of load a turn (default 3; quick 1)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument(
@@ -993,6 +1238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "enqueue" in args.parts:
             progress("part 3: enqueue throughput (Celery)")
             results["enqueue"] = enqueue_throughput(args, bakes["celery"], processes, run_dir)
+        if "limits" in args.parts:
+            progress("part 5: request-header limits (HTTP parser cost, memory under a flood)")
+            results["limits"] = header_limits_cost(args, bakes["inprocess"], processes, run_dir)
     results["elapsed_seconds"] = time.perf_counter() - started
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

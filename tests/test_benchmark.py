@@ -143,7 +143,9 @@ def test_the_benchmark_runs_every_part_and_writes_its_tables(
     results = json.loads((folder / "results.json").read_text())
     table = (folder / "results.md").read_text()
     assert table.strip() in ran.output
-    for heading in ("## 1. Middleware cost", "## 2. Response time", "## 3. Enqueue", "## 4."):
+    for heading in (
+        "## 1. Middleware cost", "## 2. Response time", "## 3. Enqueue", "## 4.", "## 5.",
+    ):  # fmt: skip
         assert heading in table
 
     middleware = {row["variant"]: row for row in results["middleware"]["rows"]}
@@ -167,6 +169,19 @@ def test_the_benchmark_runs_every_part_and_writes_its_tables(
     # Every 202 left a real Celery message in Redis (no worker was consuming).
     assert enqueue["messages_in_queue"] >= enqueue["accepted_in_measured_rounds"] > 0
     assert enqueue["redis_commands_per_job"] > 0
+
+    limits = {row["variant"]: row for row in results["limits"]["rows"]}
+    assert set(limits) == {"httptools", "bounded", "h11"}
+    assert all(row["flood"]["still_serves"] for row in limits.values())
+    # The unbounded parser took the whole 32 MB of each unfinished header; the bounds
+    # cut every connection off long before, and memory stayed near where it started.
+    assert limits["httptools"]["flood"]["max_sent_mb"] == 32
+    for bounded in ("bounded", "h11"):
+        flood = limits[bounded]["flood"]
+        assert flood["max_sent_mb"] < 16
+        assert flood["rss_during_mb"] - flood["rss_before_mb"] < 30
+    cpu = {(row["app"], row["variant"]): row for row in results["limits"]["parser_cpu"]["rows"]}
+    assert all(row["bare"]["us_per_request"] > 0 for row in cpu.values())
 
     generation = results["generation"]["backends"]
     assert set(generation) == {"inprocess", "celery"}

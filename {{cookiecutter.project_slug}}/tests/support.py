@@ -4,10 +4,13 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +124,89 @@ def live_server(app: ASGIApp, graceful_timeout: int = 5) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=graceful_timeout + 5)
+
+
+# The server options of the Dockerfile: the bounded request-head parser.
+BOUNDED_HTTP = ["--http", f"{PACKAGE}.http_protocol:BoundedHttpToolsProtocol"]
+
+
+@dataclass
+class ServerProcess:
+    """A real `uvicorn <package>.main:app` process of a test's own."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Its JSON log lines (uvicorn's own text lines are skipped)."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def messages(self) -> list[str]:
+        return messages_of(self.log_records())
+
+    def rss_bytes(self) -> int:
+        """The process's resident memory now (Linux /proc, else `ps`)."""
+        status = Path(f"/proc/{self.process.pid}/status")
+        if status.exists():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        output = subprocess.run(
+            ["ps", "-o", "rss=", "-p", str(self.process.pid)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        return int(output.strip()) * 1024
+
+
+@contextmanager
+def uvicorn_process(
+    tmp_path: Path, options: Sequence[str] = BOUNDED_HTTP, **env: str
+) -> Iterator[ServerProcess]:
+    """Start `python -m uvicorn <package>.main:app` on a free loopback port with the
+    given server options and settings (JSON logs); wait until it serves; kill it after."""
+    port = free_port()
+    log_path = tmp_path / f"server-{port}.log"
+    settings = {
+        "JOBS_BACKEND": "inprocess",
+        "LOG_FORMAT": "json",
+        {%- if cookiecutter.use_bearer_auth %}
+        "API_TOKEN": API_TOKEN,
+        {%- endif %}
+        **env,
+    }
+    command = [
+        sys.executable, "-m", "uvicorn", f"{PACKAGE}.main:app",
+        "--host", "127.0.0.1", "--port", str(port), *options,
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=tmp_path,  # away from any developer `.env`
+            env={**with_source_on_path(os.environ), **settings},
+            stdout=log,
+            stderr=log,
+        )
+    server = ServerProcess(process, port, log_path)
+
+    def serving() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"uvicorn exited:\n{log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(serving, 20, "uvicorn to serve", interval=0.1)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)

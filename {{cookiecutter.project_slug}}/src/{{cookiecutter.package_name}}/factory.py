@@ -1,19 +1,39 @@
 """`create_app`: builds the service from its settings. Tests call it with their own."""
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from .api import api_router
 from .api.errors import install_error_handlers
 from .jobs import JobBackend, build_job_backend
+from .jobs.inprocess import InProcessBackend
 from .logs import configure_logging
 from .middleware import StackedFastAPI, middleware_stack
 from .settings import Settings, load_settings
+from .stop_signals import on_stop_signals
 
 logger = logging.getLogger(__name__)
+
+BOUNDED_PROTOCOL_MODULE = f"{__package__}.http_protocol"
+
+
+def warn_if_request_heads_are_unbounded() -> None:
+    """uvicorn's default parser takes headers of any size; the bounded protocol is a
+    `--http` option, so a plain `uvicorn <package>.main:app` is warned about."""
+    command = Path(sys.argv[0])  # `uvicorn ...`, or `python -m uvicorn` (.../uvicorn/__main__.py)
+    started_by_uvicorn = "uvicorn" in (command.name, command.parent.name)
+    if started_by_uvicorn and BOUNDED_PROTOCOL_MODULE not in sys.modules:
+        logger.warning(
+            "request headers have no size limit: serve with --http "
+            "%s:BoundedHttpToolsProtocol (as the Dockerfile does), or behind a proxy "
+            "that limits them",
+            BOUNDED_PROTOCOL_MODULE,
+        )
 
 
 @asynccontextmanager
@@ -31,10 +51,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     for warning in await backend.warnings():
         logger.warning("%s", warning)
+    warn_if_request_heads_are_unbounded()
     logger.info("service started; heavy jobs run on the %s backend", backend.name)
     app.state.started = True
+
+    def stop_taking_jobs() -> None:
+        if isinstance(backend, InProcessBackend):
+            backend.begin_shutdown()  # queued jobs must not start while the server drains
+
     try:
-        yield
+        with on_stop_signals(stop_taking_jobs):
+            yield
     finally:
         app.state.started = False
         await backend.aclose()

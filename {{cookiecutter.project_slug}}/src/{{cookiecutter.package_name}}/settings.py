@@ -37,11 +37,6 @@ class Settings(BaseSettings):
             "worker after 1.5 times this."
         ),
     )
-    job_retention_seconds: int = Field(
-        default=86_400,
-        ge=60,
-        description="How long Redis keeps a job's state and result after it ends.",
-    )
     job_backend_deadline_seconds: float = Field(
         default=1.5,
         gt=0,
@@ -80,6 +75,41 @@ class Settings(BaseSettings):
         default=1_048_576,
         ge=0,
         description="Request bodies larger than this get 413, whether streamed or not.",
+    )
+    # Limits on request heads and on how long finished jobs are kept (issue 15).
+    max_request_header_bytes: int = Field(
+        default=32_768,
+        ge=1_024,
+        description=(
+            "A request line and header fields larger than this together get 431 and the "
+            "connection closed, finished or not (with the server's --http option of the "
+            "README: uvicorn's default parser has no limit)."
+        ),
+    )
+    max_request_headers: int = Field(
+        default=100,
+        ge=1,
+        description="A request with more header fields than this gets 431 (same condition).",
+    )
+    job_retention_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        {%- if cookiecutter.job_backend == "celery" %}
+        description=(
+            "How long a finished job's state and result stay readable: in Redis, or in "
+            "memory for in-process jobs."
+        ),
+        {%- else %}
+        description="How long a finished job's state and result stay readable, in memory.",
+        {%- endif %}
+    )
+    inprocess_max_finished_jobs: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "In-process jobs: finished states kept in memory at most; beyond it the oldest "
+            "are forgotten before JOB_RETENTION_SECONDS."
+        ),
     )
     log_level: LogLevel = Field(default="INFO", description="Lowest level that is logged.")
     log_format: Literal["text", "json"] = Field(

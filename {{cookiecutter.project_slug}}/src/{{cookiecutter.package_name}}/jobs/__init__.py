@@ -1,7 +1,7 @@
 """Heavy jobs: one interface (`JobQueue`), two backends, chosen once from settings."""
 
 from ..settings import Settings
-from .inprocess import InProcessBackend
+from .inprocess import InMemoryJobStore, InProcessBackend
 from .models import (
     JobBackendUnavailableError,
     JobRequest,
@@ -19,7 +19,11 @@ def build_job_backend(settings: Settings) -> JobBackend:
 
         return CeleryBackend(settings)
     {%- endif %}
-    return InProcessBackend(concurrency=settings.inprocess_job_concurrency)
+    store = InMemoryJobStore(
+        max_finished=settings.inprocess_max_finished_jobs,
+        retention_seconds=settings.job_retention_seconds,
+    )
+    return InProcessBackend(store, concurrency=settings.inprocess_job_concurrency)
 
 
 __all__ = [
