@@ -29,7 +29,7 @@ from conftest import (
 )
 
 POST = load_hook("post_gen_project")
-REGENERATE = "python scripts/lock.py"
+REGENERATE = ".venv/bin/python scripts/lock.py"
 
 
 def lock_script() -> ModuleType:
