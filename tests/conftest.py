@@ -365,6 +365,10 @@ def run(
             timed_out = True
             _kill_group(process.pid)
             process.wait()
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): take the command down too
+            _kill_group(process.pid)
+            process.wait()
+            raise
         leaked = False
         deadline = time.monotonic() + 3.0  # let children that are shutting down finish
         while _group_alive(process.pid):
