@@ -67,13 +67,33 @@ FEATURES: tuple[Feature, ...] = (
         ),
     ),
     Feature(option="ci_provider", values=("github",), paths=(".github",)),
-    Feature(option="ci_provider", values=("gitlab",), paths=(".gitlab-ci.yml",)),
+    # GitLab has no Dependabot: Renovate updates pyproject.toml and uv.lock together.
+    Feature(option="ci_provider", values=("gitlab",), paths=(".gitlab-ci.yml", "renovate.json")),
     Feature(
         option="license",
         values=("MIT", "BSD-3-Clause"),
         paths=("LICENSE",),
     ),
 )
+
+
+# The template holds one uv lock per set of answers to the options whose features own
+# dependencies (`python scripts/lock.py` at the template root writes them all); a project
+# keeps the one for its answers as `uv.lock`. Names and versions only: the project's own
+# name and version are the template's two variables in them.
+LOCKS_DIR = ".uv-locks"
+LOCK_FILE = "uv.lock"
+
+
+def dependency_options() -> tuple[str, ...]:
+    """The options whose answers change the dependency set, in a stable order."""
+    return tuple(sorted({feature.option for feature in FEATURES if feature.dependencies}))
+
+
+def lock_name(answers: Mapping[str, Any]) -> str:
+    """The template's lock file for these answers, e.g. `job_backend-celery.lock`."""
+    parts = [f"{option}-{str(answers.get(option)).lower()}" for option in dependency_options()]
+    return "+".join(parts) + ".lock"
 
 
 def unchosen(answers: Mapping[str, Any]) -> list[Feature]:
@@ -118,6 +138,19 @@ def remove_paths(root: Path, relative_paths: Iterable[str]) -> None:
             target.unlink()
         else:
             raise FileNotFoundError(f"the feature manifest names a missing path: {relative}")
+
+
+def keep_lock(root: Path, answers: Mapping[str, Any]) -> None:
+    """Move the lock of these answers to `uv.lock` and drop the others."""
+    locks = root / LOCKS_DIR
+    chosen = locks / lock_name(answers)
+    if not chosen.is_file():
+        raise FileNotFoundError(
+            f"the template has no uv lock {LOCKS_DIR}/{chosen.name} for these answers: "
+            "run `python scripts/lock.py` in the template"
+        )
+    chosen.replace(root / LOCK_FILE)
+    shutil.rmtree(locks)
 
 
 def local_env_file(answers: Mapping[str, Any]) -> str | None:
@@ -334,6 +367,7 @@ def write_secret_file(path: Path, text: str) -> bool:
 def apply(root: Path, answers: Mapping[str, Any]) -> list[str]:
     """Shape the project in `root`; returns the notes to show the user."""
     remove_paths(root, paths_to_remove(answers))
+    keep_lock(root, answers)
     pyproject = root / "pyproject.toml"
     pyproject.write_text(
         without_dependencies(pyproject.read_text(), dependencies_to_remove(answers))

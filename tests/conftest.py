@@ -63,6 +63,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.maxschedchunk = 1
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The container lane's timings (tests/podman.py), when it ran in this process."""
+    lane = sys.modules.get("podman")
+    timings = getattr(lane, "TIMINGS", None)
+    if timings:
+        terminalreporter.section("container lane timings")
+        for step, seconds in timings.items():
+            terminalreporter.write_line(f"{seconds:7.1f} s  {step}")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest tests first (stable, so every xdist worker collects the same order)."""
 
@@ -359,6 +369,10 @@ def run(
             timed_out = True
             _kill_group(process.pid)
             process.wait()
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): take the command down too
+            _kill_group(process.pid)
+            process.wait()
+            raise
         leaked = False
         deadline = time.monotonic() + 3.0  # let children that are shutting down finish
         while _group_alive(process.pid):

@@ -1,8 +1,9 @@
 """The files that ship a generated service: container image, compose stack, CI, task
 runner and pre-commit, checked for every bake against the options it was baked with.
 
-No Docker engine runs here, so the image and the stack are checked by reading them:
-the right services for the options, health checks, a non-root user, pinned actions.
+Here they are checked by reading them: the right services for the options, health
+checks, a non-root user, pinned actions. tests/test_containers.py builds and runs the
+image and the stack.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml  # type: ignore[import-untyped]
-from conftest import CASES, Bakery, Case, ProjectEnv, run
+from conftest import CASES, REPO_ROOT, Bakery, Case, ProjectEnv, run
 
 PINNED_ACTION_RE = re.compile(r"^[\w.-]+/[\w.-]+@[0-9a-f]{40}$")
 
@@ -32,6 +33,23 @@ def validate(root: Path, schema: str, path: Path) -> None:
     """Validate a file against one of check-jsonschema's bundled schemas (no network)."""
     checked = run([tool("check-jsonschema"), "--builtin-schema", schema, str(path)], cwd=root)
     assert checked.ok, checked.report()
+
+
+def uv_version() -> str:
+    """The uv release requirements-dev.txt pins: the generated files must use the same."""
+    for line in (REPO_ROOT / "requirements-dev.txt").read_text().splitlines():
+        if line.startswith("uv=="):
+            return line.removeprefix("uv==").strip()
+    raise AssertionError("requirements-dev.txt pins no uv")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
+def test_uv_is_pinned_to_one_release(bakery: Bakery, case: Case) -> None:
+    root = bakery.get(case).path
+    dockerfile = (root / "Dockerfile").read_text()
+    assert f"ARG UV_VERSION={uv_version()}" in dockerfile
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    assert pyproject["tool"]["uv"]["required-version"] == f">={uv_version()}"
 
 
 def case_params() -> list[Any]:
@@ -57,11 +75,22 @@ def test_dockerfile_builds_a_slim_non_root_image_with_a_healthcheck(
         ("python:${PYTHON_VERSION}-slim", "build"),
         ("python:${PYTHON_VERSION}-slim", "runtime"),
     ]
-    # Dependencies are installed from pyproject.toml before the code is copied in.
-    assert text.index("COPY pyproject.toml") < text.index("pip install .") < text.index("COPY src")
+    # Dependencies come from the lock, in a layer built before the code is copied in.
+    steps = [
+        "COPY pyproject.toml uv.lock ./",
+        "uv sync --locked --no-dev --no-install-project",
+        "COPY src ./src",
+        "uv sync --locked --no-dev --no-editable",
+    ]
+    positions = [text.index(step) for step in steps]
+    assert positions == sorted(positions), steps
+    assert text.count("--mount=type=cache,target=/root/.cache/uv") == 2
+    # No `# syntax=` line: BuildKit would fetch a frontend image from a registry.
+    assert not re.search(r"^#\s*syntax=", text, flags=re.MULTILINE | re.IGNORECASE)
     final_stage = text[text.index("AS runtime") :]
     assert re.search(r"^USER (?!root)\w+", final_stage, flags=re.MULTILINE)
-    assert "/health/live" in final_stage.split("HEALTHCHECK", 1)[1]
+    healthcheck = final_stage.split("HEALTHCHECK", 1)[1].splitlines()[1]
+    assert f'"{case.package_name}.healthcheck"' in healthcheck
     assert f'"{case.package_name}.main:app"' in final_stage
 
 
@@ -71,6 +100,13 @@ def test_compose_names_the_services_of_the_options(bakery: Bakery, case: Case) -
     validate(root, "vendor.compose-spec", root / "compose.yaml")
     compose = yaml.safe_load((root / "compose.yaml").read_text())
     services: dict[str, Any] = compose["services"]
+    # Every service runs long: each comes back after a crash, unless stopped on purpose.
+    assert {name: service.get("restart") for name, service in services.items()} == {
+        name: "unless-stopped" for name in services
+    }
+    # Published on loopback only.
+    for service in services.values():
+        assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", []))
     if case.job_backend == "inprocess":
         assert set(services) == {"api"}
         assert "volumes" not in compose
@@ -79,7 +115,10 @@ def test_compose_names_the_services_of_the_options(bakery: Bakery, case: Case) -
     for name in ("api", "worker", "flower"):
         assert services[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
     assert "healthcheck" in services["redis"]
-    assert "healthcheck" in services["worker"]
+    # One image for the API and the worker; its HEALTHCHECK suits both (healthcheck.py),
+    # so the worker needs no override of its own.
+    assert services["api"]["image"] == services["worker"]["image"] == case.slug
+    assert "healthcheck" not in services["worker"]
     assert "noeviction" in services["redis"]["command"]
     worker = services["worker"]
     assert worker["command"][:3] == ["celery", "-A", f"{case.package_name}.worker"]
@@ -106,12 +145,24 @@ def test_github_workflow_is_pinned_least_privilege_and_lints_clean(
     workflow_path = root / ".github" / "workflows" / "ci.yml"
     workflow = yaml.safe_load(workflow_path.read_text())
     assert workflow["permissions"] == {"contents": "read"}
-    (job,) = workflow["jobs"].values()
-    uses = [step["uses"].split(" ")[0] for step in job["steps"] if "uses" in step]
-    assert uses
-    assert all(PINNED_ACTION_RE.match(action) for action in uses), uses
+    assert set(workflow["jobs"]) == {"check", "container"}
+    for each in workflow["jobs"].values():
+        uses = [step["uses"].split(" ")[0] for step in each["steps"] if "uses" in step]
+        assert uses
+        assert all(PINNED_ACTION_RE.match(action) for action in uses), uses
+    job = workflow["jobs"]["check"]
     runs = " ".join(step.get("run", "") for step in job["steps"])
+    assert "uv sync --locked" in runs
     assert all(f"make {verb}" in runs for verb in ("lint", "typecheck", "test"))
+    # The image is built and the compose stack smoke-tested, as tests/test_containers.py does.
+    container = " ".join(step.get("run", "") for step in workflow["jobs"]["container"]["steps"])
+    assert "docker compose build" in container
+    assert "docker compose exec -T api python - < scripts/smoke.py" in container
+    assert "API_TOKEN" in container if case.bearer_auth else "API_TOKEN" not in container
+    assert f'UV_VERSION: "{uv_version()}"' in workflow_path.read_text()
+    dependabot = yaml.safe_load((root / ".github" / "dependabot.yml").read_text())
+    ecosystems = {update["package-ecosystem"] for update in dependabot["updates"]}
+    assert ecosystems == {"uv", "github-actions", "docker"}
     if case.job_backend == "celery":
         assert "redis" in job["services"]
         assert job["env"]["REQUIRE_REDIS"] == "1"
@@ -135,6 +186,13 @@ def test_gitlab_pipeline_runs_the_checks(bakery: Bakery, case: Case) -> None:
     pipeline = yaml.safe_load((root / ".gitlab-ci.yml").read_text())
     script = pipeline["check"]["script"]
     assert script == ["make lint", "make typecheck", "make test"]
+    assert "uv sync --locked" in pipeline["check"]["before_script"]
+    assert pipeline["variables"]["UV_VERSION"] == uv_version()
+    container = pipeline["container"]["script"]
+    assert "docker compose build" in container
+    assert "docker compose exec -T api python - < scripts/smoke.py" in container
+    # GitLab has no Dependabot: Renovate keeps pyproject.toml and uv.lock current.
+    validate(root, "vendor.renovate", root / "renovate.json")
     if case.job_backend == "celery":
         assert pipeline["variables"]["REQUIRE_REDIS"] == "1"
         assert pipeline["check"]["services"][0]["name"].startswith("redis")

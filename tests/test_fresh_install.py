@@ -100,3 +100,26 @@ def test_fresh_install_runs_its_tests(tmp_path: Path, job_backend: str) -> None:
         assert not unwanted, f"an inprocess project installed {unwanted}"
     else:
         assert {"celery", "redis"} <= installed
+
+
+@pytest.mark.heavy(seconds=90)
+def test_uv_sync_from_the_lock_and_make_check_without_activation(tmp_path: Path) -> None:
+    """The README's uv path: `uv sync --locked` installs exactly the lock (an empty uv
+    cache: nothing from this machine), then `make check` (lint, types, tests) runs from
+    `.venv` with no environment activated."""
+    project = bake(tmp_path, job_backend="inprocess")
+    readme = (project / "README.md").read_text(encoding="utf-8")
+    assert "uv sync --locked" in readme, "the README does not give the uv command"
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent))
+    assert uv, "uv is missing: it belongs to requirements-dev.txt"
+    env = clean_env(UV_CACHE_DIR=str(tmp_path / "uv-cache"), UV_PYTHON_DOWNLOADS="never")
+
+    checked(run([uv, "sync", "--locked"], cwd=project, env=env, timeout=INSTALL_TIMEOUT))
+    checks = checked(run(["make", "check"], cwd=project, env=env, timeout=INSTALL_TIMEOUT))
+    assert "passed" in checks.output
+
+    listed = checked(run([uv, "pip", "list", "--format=json"], cwd=project, env=env))
+    installed = distribution_names(listed.output)
+    assert {"fastapi", "pytest", "mypy", "ruff"} <= installed
+    unwanted = sorted(installed & CELERY_DISTRIBUTIONS)
+    assert not unwanted, f"an inprocess project installed {unwanted}"
