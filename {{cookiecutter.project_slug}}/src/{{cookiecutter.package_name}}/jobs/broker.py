@@ -16,7 +16,8 @@ disallowed content type) are logged and dropped by Celery, as it always did.
 
 The check overrides one method of kombu's channel, `_brpop_read`, which this mirrors
 apart from the check; `tests/test_broker_messages.py` fails if a kombu release changes
-what is delivered. Measured: the check adds about 5 us to each message received.
+what is delivered. Measured on a 900-byte task message: 32 us to decode and check
+it, of which 26 us is the JSON decoding kombu does anyway; the check adds about 6 us.
 """
 
 import logging
