@@ -284,8 +284,13 @@ def mentions(
 def load_hook(name: str) -> ModuleType:
     """Import `hooks/<name>.py` as a plain module (its template literal is only used
     under `if __name__ == "__main__"`)."""
-    path = HOOKS_DIR / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"template_hook_{name}", path)
+    return load_module(HOOKS_DIR / f"{name}.py", f"template_hook_{name}")
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import the Python file at `path` as module `name` (hooks and scripts are not
+    packages)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

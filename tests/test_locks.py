@@ -7,7 +7,6 @@ A lock goes stale when the template's dependencies change; the fix is one comman
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import sys
@@ -25,6 +24,7 @@ from conftest import (
     bake,
     clean_env,
     load_hook,
+    load_module,
     run,
 )
 
@@ -33,14 +33,7 @@ REGENERATE = ".venv/bin/python scripts/lock.py"
 
 
 def lock_script() -> ModuleType:
-    path = TEMPLATE_DIR / "scripts" / "lock.py"
-    spec = importlib.util.spec_from_file_location("template_lock_script", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(TEMPLATE_DIR / "scripts" / "lock.py", "template_lock_script")
 
 
 def uv() -> str:
