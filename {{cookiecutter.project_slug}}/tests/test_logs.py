@@ -5,8 +5,10 @@ input can forge a line or send escape codes to a terminal."""
 import io
 import json
 import logging
+import signal
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -20,7 +22,15 @@ from {{ cookiecutter.package_name }}.logs import (
     escape_control_characters,
     utc_timestamp,
 )
-from tests.support import AUTH_HEADERS, live_server, make_settings
+from tests.support import (
+    AUTH_HEADERS,
+    BOUNDED_HTTP,
+    SOURCE_ROOT,
+    live_server,
+    make_settings,
+    uvicorn_process,
+    wait_until,
+)
 
 # Whole seconds, milliseconds that a float cannot hold exactly, and the microsecond
 # roundings at a millisecond's and at a second's edge.
@@ -144,3 +154,27 @@ def test_a_text_traceback_keeps_its_lines_and_escapes_the_rest() -> None:
     line = TextFormatter().format(record)
     assert "Traceback (most recent call last):\n" in line
     assert "RuntimeError: bad\\x1b[2J input" in line
+
+
+def test_every_line_of_a_multi_process_server_is_json_with_the_log_config(
+    tmp_path: Path,
+) -> None:
+    """With `--workers`, uvicorn's supervisor process never imports the app: without
+    `log-config.json` its own lines ("Uvicorn running on ...", "Started parent
+    process") stayed plain text, with colour codes, among the JSON ones."""
+    log_config = SOURCE_ROOT.parent / "log-config.json"
+    options = [*BOUNDED_HTTP, "--workers", "2", "--log-config", str(log_config)]
+    with uvicorn_process(tmp_path, options) as server:
+        wait_until(
+            lambda: server.messages().count("Application startup complete.") == 2,
+            30,
+            "both server workers to start",
+        )
+        server.process.send_signal(signal.SIGTERM)  # the supervisor stops its workers
+        server.process.wait(timeout=30)
+    text = server.log_path.read_text()
+    assert "\x1b" not in text
+    records = [json.loads(line) for line in text.splitlines()]  # every line is one object
+    messages = [record["message"] for record in records]
+    assert any(m.startswith("Started parent process") for m in messages), messages
+    assert any(m.startswith("Uvicorn running on") for m in messages), messages

@@ -17,7 +17,10 @@ import sys
 import time
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
 from .context import request_id_var
+from .settings import LoggingSettings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-8s [%(request_id)s] %(name)s: %(message)s"
 
@@ -122,10 +125,25 @@ class ServiceLogHandler(logging.StreamHandler[TextIO]):
     """The handler `configure_logging` installs; its type lets a second call replace it."""
 
 
-def configure_logging(level: str, log_format: str, stream: TextIO | None = None) -> None:
+def service_handler(
+    log_format: str | None = None, stream: TextIO | None = None
+) -> ServiceLogHandler:
+    """The one handler: `log_format`'s formatter and the request-id filter. Without a
+    format, the LOG_FORMAT setting's: this is how `log-config.json` hands uvicorn's
+    supervisor process (`--workers`, `--reload`) the same lines as the app's."""
+    if log_format is None:
+        try:
+            log_format = LoggingSettings().log_format
+        except ValidationError:  # the server process reports the bad setting itself
+            log_format = "text"
     handler = ServiceLogHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    return handler
+
+
+def configure_logging(level: str, log_format: str, stream: TextIO | None = None) -> None:
+    handler = service_handler(log_format, stream)
 
     root = logging.getLogger()
     # Replace only our own handler: other handlers (pytest's, a debugger's) stay.

@@ -15,9 +15,26 @@ MIN_API_TOKEN_LENGTH = 16
 {%- endif %}
 
 
-class Settings(BaseSettings):
+class LoggingSettings(BaseSettings):
+    """The settings logging needs, alone: uvicorn's supervisor process, which never
+    imports the app, reads these to write its own lines in the same format."""
+
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
+    log_level: LogLevel = Field(default="INFO", description="Lowest level that is logged.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="'text' for people reading a terminal, 'json' for log collectors.",
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(LoggingSettings):
+    """Every setting of the service."""
 {%- if cookiecutter.job_backend == "celery" %}
 
     jobs_backend: Literal["inprocess", "celery"] = Field(
@@ -111,24 +128,11 @@ class Settings(BaseSettings):
             "are forgotten before JOB_RETENTION_SECONDS."
         ),
     )
-    log_level: LogLevel = Field(default="INFO", description="Lowest level that is logged.")
-    log_format: Literal["text", "json"] = Field(
-        default="text",
-        description="'text' for people reading a terminal, 'json' for log collectors.",
-    )
     web_concurrency: int = Field(
         default=1,
         ge=1,
         description="Server worker processes (uvicorn reads WEB_CONCURRENCY too).",
     )
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _level_in_capitals(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
-{%- if cookiecutter.use_bearer_auth %}
-
-{%- endif %}
 
 
 class SettingsError(ValueError):
