@@ -1,11 +1,10 @@
 """Liveness and readiness, for load balancers and orchestrators."""
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from .dependencies import JobBackendDep
+from .responses import Readiness
 
 router = APIRouter(prefix="/health", tags=["health"])
 
@@ -19,7 +18,8 @@ async def live() -> dict[str, str]:
 
 @router.get(
     "/ready",
-    responses={503: {"description": "A dependency is down; `checks` says which."}},
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: `checks` says why."}},
 )
 async def ready(request: Request, backend: JobBackendDep) -> JSONResponse:
     """200 when the service can do its work: start-up finished and every dependency of
@@ -29,10 +29,10 @@ async def ready(request: Request, backend: JobBackendDep) -> JSONResponse:
         **await backend.check_dependencies(),
     }
     healthy = all(outcome == "ok" for outcome in checks.values())
-    body: dict[str, Any] = {
-        "status": "ready" if healthy else "unavailable",
-        "jobs_backend": backend.name,
-        "checks": checks,
-        "warnings": await backend.warnings(),
-    }
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    body = Readiness(
+        status="ready" if healthy else "unavailable",
+        jobs_backend=backend.name,
+        checks=checks,
+        warnings=await backend.warnings(),
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

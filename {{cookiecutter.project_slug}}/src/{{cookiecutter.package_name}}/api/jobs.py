@@ -1,7 +1,5 @@
 """`POST /reports` submits the example heavy job; `GET /jobs/{id}` follows any job."""
 
-from typing import Any
-
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel
 
@@ -9,6 +7,7 @@ from ..jobs import JobState, JobStatus
 from ..jobs.reports import ReportParams
 from ..middleware.access_log import add_access_log_fields
 from .dependencies import JobQueueDep
+from .responses import INVALID, LOCATION, NOT_FOUND, UNAVAILABLE
 
 router = APIRouter(tags=["jobs"])
 
@@ -18,12 +17,15 @@ class JobAccepted(BaseModel):
     status: JobStatus = JobStatus.QUEUED
 
 
-UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"description": "The job queue is unreachable; retry later."}
-}
-
-
-@router.post("/reports", status_code=status.HTTP_202_ACCEPTED, responses=UNAVAILABLE)
+@router.post(
+    "/reports",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        202: {"description": "Queued; follow it at `Location`.", "headers": LOCATION},
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
 async def create_report(
     params: ReportParams, request: Request, response: Response, jobs: JobQueueDep
 ) -> JobAccepted:
@@ -33,7 +35,7 @@ async def create_report(
     return JobAccepted(id=job_id)
 
 
-@router.get("/jobs/{job_id}", responses={404: {"description": "No job was issued with this id."}})
+@router.get("/jobs/{job_id}", responses={**NOT_FOUND, **UNAVAILABLE})
 async def get_job(job_id: str, jobs: JobQueueDep) -> JobState:
     state = await jobs.get(job_id)
     if state is None:

@@ -7,6 +7,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..notify import deliver_notification, write_audit_line
+from .responses import INVALID
 
 router = APIRouter(tags=["notifications"])
 
@@ -45,7 +46,7 @@ def audit(request: Request, background_tasks: BackgroundTasks) -> None:
     background_tasks.add_task(write_audit_line, request.method, request.url.path)
 
 
-@router.post("/notifications", status_code=202, dependencies=[Depends(audit)])
+@router.post("/notifications", status_code=202, dependencies=[Depends(audit)], responses=INVALID)
 async def create_notification(
     notification: Notification, background_tasks: BackgroundTasks
 ) -> NotificationAccepted:

@@ -1,0 +1,79 @@
+"""The error and status bodies the API answers with, declared once, so the OpenAPI
+document describes every response (status, body and headers) a client can get, and a
+client generated from it handles them."""
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+Responses = dict[int | str, dict[str, Any]]
+
+
+class ErrorBody(BaseModel):
+    """A 4xx or 503 whose `detail` says what went wrong, in words."""
+
+    detail: str
+
+
+class ValidationProblem(BaseModel):
+    type: str = Field(description="pydantic's error type, e.g. `missing`, `int_type`.")
+    loc: list[str | int] = Field(description='Where the problem is, e.g. `["body", "rows"]`.')
+    msg: str = Field(description="What is wrong, in words.")
+
+
+class ValidationErrorBody(BaseModel):
+    """422: one entry a problem; the client's input is never repeated."""
+
+    detail: list[ValidationProblem]
+
+
+class InternalErrorBody(BaseModel):
+    detail: str = "Internal Server Error"
+    request_id: str | None = Field(description="Quote it to find the request's log lines.")
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="`ready` or `unavailable`.")
+    jobs_backend: str
+    checks: dict[str, str] = Field(description='Each dependency: `"ok"`, or why it is not.')
+    warnings: list[str] = Field(description="What an operator should know; not fatal.")
+
+
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "string"},
+    }
+}
+LOCATION = {
+    "Location": {
+        "description": "Where to follow the job: `/jobs/{id}`.",
+        "schema": {"type": "string"},
+    }
+}
+
+INVALID: Responses = {
+    400: {"model": ErrorBody, "description": "The body is not UTF-8, or nested too deeply."},
+    413: {"model": ErrorBody, "description": "The body is over MAX_REQUEST_BODY_BYTES."},
+    422: {"model": ValidationErrorBody, "description": "Invalid fields, or malformed JSON."},
+}
+UNAVAILABLE: Responses = {
+    503: {
+        "model": ErrorBody,
+        "description": "The job queue cannot take or show jobs now; retry later.",
+        "headers": RETRY_AFTER,
+    }
+}
+NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No job was issued with this id."}}
+# On every operation: a bug answers this, with the request id.
+INTERNAL: Responses = {500: {"model": InternalErrorBody, "description": "A bug; see the log."}}
+{%- if cookiecutter.use_bearer_auth %}
+# Every route but the health checks: the bearer-auth middleware answers it.
+UNAUTHORIZED: Responses = {
+    401: {
+        "model": ErrorBody,
+        "description": "No bearer token, or the wrong one.",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    }
+}
+{%- endif %}
