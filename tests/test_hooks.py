@@ -629,8 +629,12 @@ def test_env_file_is_created_owner_only_not_narrowed_afterwards(
     project = tmp_path / "project"
     project.mkdir()
     (project / "pyproject.toml").write_text('dependencies = [\n    "fastapi",\n]\n')
-    (project / ".gitlab-ci.yml").write_text("")  # what the chosen ci_provider removes
+    for removed in (".gitlab-ci.yml", "renovate.json"):  # what the chosen ci_provider removes
+        (project / removed).write_text("")
     chosen = answers(use_bearer_auth=True, job_backend="celery", ci_provider="github")
+    locks = project / POST.LOCKS_DIR  # the hook keeps the chosen answers' lock
+    locks.mkdir()
+    (locks / POST.lock_name(chosen)).write_text("")
     for module, name in ((os, "chmod"), (os, "lchmod"), (Path, "chmod")):
         if hasattr(module, name):
             monkeypatch.setattr(module, name, lambda *_args, **_kwargs: None)
