@@ -7,6 +7,7 @@ a Redis that is down or hung costs a request at most that, never the event loop.
 """
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -177,7 +178,8 @@ class CeleryBackend:
             logger.warning("readiness: Redis unreachable: %s", exc)
             return {"redis": f"unreachable ({type(exc).__name__})", "worker": "unknown"}
         if self._persistence is None:
-            self._persistence = self._read_persistence()
+            with contextlib.suppress(redis.RedisError):  # asked again on the next probe
+                self._persistence = self._read_persistence()
         remaining = deadline - time.monotonic()
         try:
             # Returns at the first reply: a healthy service answers in milliseconds,
