@@ -1,8 +1,9 @@
 """The middleware stack: every layer is plain ASGI, listed here in order.
 
-No `@app.middleware("http")` layers (Starlette's base HTTP middleware class): that
-class runs the app in a separate task, so context variables set by the endpoint never
-reach it, it never sees the client leave, and it costs about 0.2 ms a layer.
+No layers made with FastAPI's HTTP middleware decorator (Starlette's base HTTP
+middleware class): that class runs the app in a separate task, so context variables
+set by the endpoint never reach it, it never sees the client leave, and it costs about
+0.2 ms a layer.
 
 The stack wraps the *whole* FastAPI app, Starlette's error handler and FastAPI's body
 size limit included. `add_middleware` would put these layers inside them, and the 500
