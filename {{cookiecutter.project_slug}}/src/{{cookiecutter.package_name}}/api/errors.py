@@ -2,7 +2,6 @@
 that is down a 503, anything unexpected a 500."""
 
 import logging
-import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,20 +10,13 @@ from fastapi.responses import JSONResponse
 
 from ..context import request_id_var
 from ..jobs import JobBackendUnavailableError
+from ..logs import escape_control_characters
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = "5"
 # Longest location part (a key of the client's JSON) a 422 repeats.
 MAX_LOCATION_PART = 64
-# What JSON can carry but UTF-8 cannot (lone surrogates) or a terminal should not see.
-_UNSAFE_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-
-
-def _safe_text(text: str) -> str:
-    if _UNSAFE_TEXT.search(text) is None:
-        return text
-    return _UNSAFE_TEXT.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def validation_problems(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -41,10 +33,12 @@ def validation_problems(exc: RequestValidationError) -> list[dict[str, Any]]:
         {
             "type": error["type"],
             "loc": [
-                part if isinstance(part, int) else _safe_text(str(part)[:MAX_LOCATION_PART])
+                part
+                if isinstance(part, int)
+                else escape_control_characters(str(part)[:MAX_LOCATION_PART])
                 for part in error["loc"]
             ],
-            "msg": _safe_text(error["msg"]),
+            "msg": escape_control_characters(error["msg"]),
         }
         for error in exc.errors()
     ]

@@ -7,7 +7,6 @@ a Redis that is down or hung costs a request at most that, never the event loop.
 """
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import time
@@ -18,7 +17,6 @@ from typing import TypeVar
 
 import redis
 from celery.backends.redis import RedisBackend
-from kombu.exceptions import KombuError
 
 from ..settings import Settings
 from .celery_app import (
@@ -51,7 +49,7 @@ CLIENT_THREADS = 4
 T = TypeVar("T")
 
 # What a broken connection to Redis looks like, depending on which layer noticed.
-UNAVAILABLE_ERRORS = (redis.RedisError, KombuError, OSError, RuntimeError)
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, RuntimeError)
 
 # What clients read for failures that Celery itself records, not the job's own errors.
 CELERY_FAILURES = {
@@ -177,9 +175,6 @@ class CeleryBackend:
         except redis.RedisError as exc:
             logger.warning("readiness: Redis unreachable: %s", exc)
             return {"redis": f"unreachable ({type(exc).__name__})", "worker": "unknown"}
-        if self._persistence is None:
-            with contextlib.suppress(redis.RedisError):  # asked again on the next probe
-                self._persistence = self._read_persistence()
         remaining = deadline - time.monotonic()
         try:
             # Returns at the first reply: a healthy service answers in milliseconds,
@@ -192,7 +187,7 @@ class CeleryBackend:
             return {"redis": "ok", "worker": f"unknown ({type(exc).__name__})"}
         return {"redis": "ok", "worker": "ok" if replies else "no worker answered"}
 
-    def _read_persistence(self, deadline: float = 0.0) -> str:
+    def _read_persistence(self, deadline: float) -> str:
         """How the result store keeps its data: "aof", "rdb", "none" or "unknown".
 
         With neither append-only file nor snapshots, a Redis restart forgets every
