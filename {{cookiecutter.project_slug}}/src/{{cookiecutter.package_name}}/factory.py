@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from .api import api_router
 from .api.errors import install_error_handlers
 from .jobs import JobBackend, build_job_backend
-from .jobs.inprocess import InProcessBackend
 from .logs import configure_logging
 from .middleware import StackedFastAPI, middleware_stack
 from .settings import Settings, load_settings
@@ -54,13 +53,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     warn_if_request_heads_are_unbounded()
     logger.info("service started; heavy jobs run on the %s backend", backend.name)
     app.state.started = True
-
-    def stop_taking_jobs() -> None:
-        if isinstance(backend, InProcessBackend):
-            backend.begin_shutdown()  # queued jobs must not start while the server drains
-
     try:
-        with on_stop_signals(stop_taking_jobs):
+        # In-process: queued jobs must not start while the server drains.
+        with on_stop_signals(backend.begin_shutdown):
             yield
     finally:
         app.state.started = False

@@ -214,6 +214,9 @@ class CeleryBackend:
             ]
         return []
 
+    def begin_shutdown(self) -> None:
+        return None  # the jobs wait in Redis for the workers, whatever this process does
+
     async def aclose(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._threads, self.app.close)
         self._threads.shutdown()

@@ -37,6 +37,10 @@ class JobBackend(Protocol):
         """What an operator should know that does not stop the service (a result
         store without persistence); logged at start-up and shown by readiness."""
 
+    def begin_shutdown(self) -> None:
+        """The server got its stop signal (called on the event loop): stop starting
+        jobs this process holds. A backend whose jobs run elsewhere has nothing to do."""
+
     async def aclose(self) -> None:
         """Release connections at shutdown."""
 
