@@ -31,6 +31,7 @@ async def call_app(
     disconnect_after: float | None = None,
     slow_send: float = 0.0,
     events: Events | None = None,
+    http_version: str = "1.1",
 ) -> RawResponse:
     """Send one HTTP request through `app`.
 
@@ -81,7 +82,7 @@ async def call_app(
     scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
+        "http_version": http_version,
         "method": method,
         "scheme": "http",
         "path": path,

@@ -58,10 +58,18 @@ def record_at(created: float, **attributes: object) -> logging.LogRecord:
 
 
 @pytest.mark.parametrize("created", TIMESTAMPS)
-def test_json_time_is_datetimes_iso_format(created: float) -> None:
-    expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
-    assert utc_timestamp(created) == expected
-    assert json.loads(JsonFormatter().format(record_at(created)))["time"] == expected
+def test_json_time_is_the_records_second_and_millisecond_as_the_text_line_has_them(
+    created: float,
+) -> None:
+    """ISO 8601 in UTC, to the millisecond logging gives the record, the one the text
+    format shows: a line reads the same time in either format."""
+    record = record_at(created)
+    moment = datetime.fromtimestamp(int(created), UTC).replace(microsecond=int(record.msecs) * 1000)
+    expected = moment.isoformat(timespec="milliseconds")
+    assert utc_timestamp(record.created, record.msecs) == expected
+    assert json.loads(JsonFormatter().format(record))["time"] == expected
+    text_time = TextFormatter().format(record).split(" ")[1]  # `HH:MM:SS,mmm`, local time
+    assert text_time.endswith(f",{int(record.msecs):03d}")
 
 
 @pytest.mark.parametrize("created", TIMESTAMPS)

@@ -250,18 +250,43 @@ def test_413_by_content_length_before_the_endpoint_runs(
     assert recorder.names() == ["endpoint.ran"]  # only the small request got through
 
 
-async def test_413_for_a_chunked_body_before_the_endpoint_runs(
-    small_limit_app: FastAPI, recorder: Recorder
+@pytest.mark.parametrize(
+    ("http_version", "framing"),
+    [("1.1", [("transfer-encoding", "chunked")]), ("2", [])],
+    ids=["http1-chunked", "http2-no-length"],
+)
+async def test_413_for_a_streamed_body_before_the_endpoint_runs(
+    small_limit_app: FastAPI,
+    recorder: Recorder,
+    http_version: str,
+    framing: list[tuple[str, str]],
 ) -> None:
-    """No Content-Length: the limit is counted while the body streams in."""
+    """No Content-Length: the limit is counted while the body streams in, whether
+    HTTP/1.1 chunks it or HTTP/2 sends it without declaring a length."""
     chunks = [b'{"padding": "', b"x" * 60, b"x" * 60, b'"}']
     response = await call_app(
         small_limit_app,
         "POST",
         "/probe/body",
-        headers=(*AUTH, ("content-type", "application/json")),
+        headers=(*AUTH, ("content-type", "application/json"), *framing),
         body_chunks=chunks,
+        http_version=http_version,
     )
     assert response.status == 413
+    assert json.loads(response.body) == {"detail": "Content Too Large"}
     assert "x-request-id" in response.headers
     assert recorder.names() == []
+
+
+async def test_a_streamed_body_within_the_limit_reaches_the_endpoint(
+    small_limit_app: FastAPI, recorder: Recorder
+) -> None:
+    response = await call_app(
+        small_limit_app,
+        "POST",
+        "/probe/body",
+        headers=(*AUTH, ("content-type", "application/json"), ("transfer-encoding", "chunked")),
+        body_chunks=[b'{"small":', b" 1}"],
+    )
+    assert response.status == 200
+    assert recorder.names() == ["endpoint.ran"]

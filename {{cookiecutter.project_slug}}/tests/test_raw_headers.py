@@ -8,15 +8,7 @@ from collections.abc import Callable, Iterable
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from {{ cookiecutter.package_name }}.middleware import (
-    access_log,
-    request_id,
-    security_headers,
-)
-
-AccessLogMiddleware = access_log.AccessLogMiddleware
-RequestIdMiddleware = request_id.RequestIdMiddleware
-SecurityHeadersMiddleware = security_headers.SecurityHeadersMiddleware
+from {{ cookiecutter.package_name }}.middleware.edge import EdgeMiddleware
 
 pytestmark = pytest.mark.anyio
 RawPairs = list[tuple[bytes, bytes]]
@@ -43,8 +35,8 @@ def app_sending(headers: Callable[[], Iterable[tuple[bytes, bytes]]]) -> ASGIApp
 
 
 def stack(app: ASGIApp) -> ASGIApp:
-    """The layers that add response headers, in the service's order."""
-    return RequestIdMiddleware(AccessLogMiddleware(SecurityHeadersMiddleware(app)))
+    """The layer that adds response headers."""
+    return EdgeMiddleware(app, max_body_bytes=1024)
 
 
 async def response_headers(
@@ -77,10 +69,9 @@ def names(headers: RawPairs) -> list[bytes]:
 
 async def test_an_endpoints_own_security_header_wins() -> None:
     own = [(b"x-frame-options", b"SAMEORIGIN"), (b"content-security-policy", b"default-src 'self'")]
-    headers = await response_headers(SecurityHeadersMiddleware(app_sending(lambda: own)))
+    headers = await response_headers(stack(app_sending(lambda: own)))
     assert headers[:2] == own  # kept, first, not duplicated
-    added_here = ADDED_BY_THE_STACK - {b"x-request-id", b"server-timing"}
-    assert sorted(names(headers)) == sorted(added_here)
+    assert sorted(names(headers)) == sorted(ADDED_BY_THE_STACK)
     assert (b"x-content-type-options", b"nosniff") in headers
 
 
@@ -97,7 +88,7 @@ async def test_an_endpoints_own_security_header_wins() -> None:
 async def test_csp_is_relaxed_for_the_docs_and_hsts_sent_only_over_https(
     path: str, scheme: str, csp: bool, hsts: bool
 ) -> None:
-    app = SecurityHeadersMiddleware(app_sending(list))
+    app = stack(app_sending(list))
     sent = names(await response_headers(app, path=path, scheme=scheme))
     assert (b"content-security-policy" in sent) is csp
     assert (b"strict-transport-security" in sent) is hsts
@@ -112,7 +103,7 @@ async def test_csp_is_relaxed_for_the_docs_and_hsts_sent_only_over_https(
 async def test_headers_sent_as_any_iterable_get_every_header_added(
     make_headers: Callable[[], Iterable[tuple[bytes, bytes]]],
 ) -> None:
-    """ASGI lets an app send any iterable of pairs; each layer reads it only once."""
+    """ASGI lets an app send any iterable of pairs; the layer reads it only once."""
     sent = names(await response_headers(stack(app_sending(make_headers))))
     assert set(sent) - {b"content-type"} == ADDED_BY_THE_STACK
     assert len(sent) == len(set(sent))
@@ -134,7 +125,7 @@ async def test_a_header_list_the_app_reuses_is_left_as_it_was() -> None:
 )
 async def test_the_request_id_replaces_one_the_app_set(incoming: bytes | None) -> None:
     """The header must name the id on the request's log lines, whatever the app sent."""
-    app = RequestIdMiddleware(app_sending(lambda: [(b"x-request-id", b"from-the-app")]))
+    app = stack(app_sending(lambda: [(b"x-request-id", b"from-the-app")]))
     request = [(b"x-request-id", incoming)] if incoming is not None else []
     headers = await response_headers(app, request=request)
     (request_id,) = [value for name, value in headers if name == b"x-request-id"]
@@ -145,6 +136,6 @@ async def test_the_request_id_replaces_one_the_app_set(incoming: bytes | None) -
 
 
 async def test_server_timing_is_added_once_in_tenths_of_a_millisecond() -> None:
-    headers = await response_headers(AccessLogMiddleware(app_sending(list)))
+    headers = await response_headers(stack(app_sending(list)))
     (timing,) = [value for name, value in headers if name == b"server-timing"]
     assert re.fullmatch(rb"app;dur=\d+\.\d", timing)

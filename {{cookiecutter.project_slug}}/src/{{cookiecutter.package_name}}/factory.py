@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from .api import api_router
+from .api import add_service_routes
 from .api.errors import install_error_handlers
 from .jobs import JobBackend, build_job_backend
 from .logs import configure_logging
@@ -70,12 +70,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="{{ cookiecutter.project_name }}",
         version="{{ cookiecutter.version }}",
         lifespan=lifespan,
-        # FastAPI's own limit: 413 from Content-Length or while a chunked body streams.
-        max_body_size=settings.max_request_body_bytes,
+        # No `max_body_size`: the edge layer limits bodies, for less (middleware/body_limit.py).
         outer_middleware=middleware_stack(settings),
     )
     app.state.settings = settings
     app.state.job_backend = build_job_backend(settings)
     install_error_handlers(app)
-    app.include_router(api_router)
+    add_service_routes(app)
     return app

@@ -1,29 +1,71 @@
-"""413 for a request whose declared `Content-Length` is over the limit, before the app
-runs or a byte of the body is read.
+"""The request body-size limit (`MAX_REQUEST_BODY_BYTES`), which the edge layer applies:
+a declared `Content-Length` over it is refused before the app runs; a body without one
+(a chunked upload) is counted as it streams in and refused at the byte that crosses it.
 
-Bodies without a `Content-Length` (chunked uploads) are counted as they stream in by
-FastAPI's own `max_body_size`, which the app factory sets to the same limit: that
-limit needs the app to read the body, and answers a declared oversize in plain text.
+Both answer the same 413, sent here. Raising from `receive` would not do: FastAPI turns
+any error while it reads the body into a 400. FastAPI's own `max_body_size` does the
+same job in three wrappers per request (the app's, the router's and the route's:
+measured at about 25 us on a GET with no body, a sixth of a bare FastAPI request);
+here it is a header lookup the edge layer makes anyway, and a counter only for a body
+without a declared length.
 """
 
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+import json
 
-from .asgi_headers import request_header
+from starlette.types import Message, Receive, Send
+
+from .asgi_headers import raw_headers
+
+TOO_LARGE_BODY = json.dumps({"detail": "Content Too Large"}).encode()
+TOO_LARGE_HEADERS = raw_headers(
+    {"Content-Type": "application/json", "Content-Length": str(len(TOO_LARGE_BODY))}
+)
+# What the app reads after a refused body: the client is gone as far as it is concerned.
+BODY_CUT_OFF: Message = {"type": "http.disconnect"}
 
 
-class ContentLengthLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
+def declared_too_large(content_length: bytes | None, max_body_bytes: int) -> bool:
+    if content_length is None or not content_length.isdigit():
+        return False
+    return int(content_length) > max_body_bytes
+
+
+async def send_too_large(send: Send) -> None:
+    # New messages each time: the layers they pass through add headers to them.
+    await send({"type": "http.response.start", "status": 413, "headers": list(TOO_LARGE_HEADERS)})
+    await send({"type": "http.response.body", "body": TOO_LARGE_BODY})
+
+
+class StreamedBodyLimit:
+    """`receive` and `send` for an app whose request body has no declared length.
+
+    `receive` counts the body; at the byte over the limit it sends the 413 (if the app
+    has not begun its own response) and tells the app the client left. From then on
+    `send` drops what the app sends: the client has its answer.
+    """
+
+    def __init__(self, receive: Receive, send: Send, max_body_bytes: int) -> None:
+        self._receive = receive
+        self._send = send
         self.max_body_bytes = max_body_bytes
+        self.received = 0
+        self.response_started = False
+        self.refused = False
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.max_body_bytes:
+                if not self.response_started:
+                    await send_too_large(self._send)
+                self.refused = True
+                return BODY_CUT_OFF
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.refused:
             return
-        declared = request_header(scope, b"content-length") or b""
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            response = JSONResponse({"detail": "Content Too Large"}, status_code=413)
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        if message["type"] == "http.response.start":
+            self.response_started = True
+        await self._send(message)

@@ -1,57 +1,38 @@
-"""Give every request an id: keep a valid incoming `X-Request-ID`, else make one."""
+"""The request id: a valid incoming `X-Request-ID` is kept, else a new one is made.
 
+The edge layer (`edge.py`) puts it in `request_id_var` for every log line of the
+request and in the response.
+"""
+
+import itertools
 import os
 import re
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from ..context import request_id_var
-from .asgi_headers import request_header
-
 REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode("latin-1")  # as ASGI servers send names
 # What a well-behaved proxy or client sends: UUIDs, hex, ULIDs and the like. Anything
 # else (CR/LF, spaces, very long values) could forge log lines or bloat them.
 VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def new_request_id() -> str:
-    # 32 hex digits of the OS's randomness, as `uuid.uuid4().hex` has (less its 6 fixed
-    # bits), without building a UUID object: a few microseconds less per request.
-    return os.urandom(16).hex()
+def request_id_for(incoming: bytes | None) -> str:
+    """The id of a request whose `X-Request-ID` header is `incoming` (None: absent)."""
+    if incoming is not None and VALID_REQUEST_ID.match(incoming):
+        return incoming.decode("ascii")
+    return f"{_id_prefix}{next(_id_counter):012x}"
 
 
-class RequestIdMiddleware:
-    """Set the request id in the request's context (`request_id_var`) and response.
+def _new_id_sequence() -> None:
+    """A new random prefix: 20 hex digits (80 bits) of the OS's randomness, then a
+    12-digit count. Unique without a system call per request (`os.urandom` is one,
+    about 1 us here); made again in a forked child, which would else repeat its
+    parent's ids."""
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(10).hex()
+    _id_counter = itertools.count()
 
-    HTTP and websocket scopes get an id; lifespan passes through untouched.
-    """
 
-    def __init__(self, app: ASGIApp, header_name: str = REQUEST_ID_HEADER) -> None:
-        self.app = app
-        self.header_key = header_name.lower().encode("latin-1")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-
-        incoming = request_header(scope, self.header_key)
-        if incoming is not None and VALID_REQUEST_ID.match(incoming):
-            request_id = incoming.decode("ascii")
-        else:
-            request_id = new_request_id()
-        header = (self.header_key, request_id.encode("ascii"))
-
-        async def send_with_request_id(message: Message) -> None:
-            if message["type"] in ("http.response.start", "websocket.accept"):
-                # Ours replaces any the app set: the header must match the log lines.
-                headers = [(k, v) for k, v in message.get("headers", ()) if k != self.header_key]
-                message["headers"] = [*headers, header]
-            await send(message)
-
-        token = request_id_var.set(request_id)
-        await self.app(scope, receive, send_with_request_id)
-        # Reset only on success: when the app raises, the server logs the error after
-        # this returns, and that line should carry the id too. Each request runs in its
-        # own task, so the value cannot leak into another request.
-        request_id_var.reset(token)
+_id_prefix = ""
+_id_counter = itertools.count()
+_new_id_sequence()
+os.register_at_fork(after_in_child=_new_id_sequence)

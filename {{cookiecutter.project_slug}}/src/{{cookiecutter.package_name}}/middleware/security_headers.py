@@ -1,11 +1,11 @@
 """Safe defaults for browsers that meet this API's responses; an endpoint that sets
-one of these headers itself keeps its own value."""
+one of these headers itself keeps its own value (the edge layer adds only the missing)."""
 
 from collections.abc import Collection
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from .asgi_headers import raw_headers
+from .asgi_headers import RawHeaders, raw_headers
 
 DEFAULT_HEADERS: dict[str, str] = {
     "X-Content-Type-Options": "nosniff",
@@ -20,35 +20,24 @@ API_CONTENT_SECURITY_POLICY = "default-src 'none'; frame-ancestors 'none'"
 DOCS_PATHS = ("/docs", "/redoc")
 HSTS = "max-age=63072000; includeSubDomains"
 
-# Encoded once, not for every response.
-RAW_DEFAULT_HEADERS = raw_headers(DEFAULT_HEADERS)
-RAW_CSP = raw_headers({"Content-Security-Policy": API_CONTENT_SECURITY_POLICY})
-RAW_HSTS = raw_headers({"Strict-Transport-Security": HSTS})
 
+class SecurityHeaders:
+    """The headers for a response, chosen by path and scheme from sets encoded once."""
 
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, relaxed_csp_paths: Collection[str] = DOCS_PATHS) -> None:
-        self.app = app
+    def __init__(self, relaxed_csp_paths: Collection[str] = DOCS_PATHS) -> None:
         self.relaxed_csp_paths = tuple(relaxed_csp_paths)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        defaults = RAW_DEFAULT_HEADERS
-        if not scope["path"].startswith(self.relaxed_csp_paths):
-            defaults += RAW_CSP
+        defaults = raw_headers(DEFAULT_HEADERS)
+        csp = raw_headers({"Content-Security-Policy": API_CONTENT_SECURITY_POLICY})
         # Browsers ignore HSTS over plain HTTP; send it only where it means something.
-        if scope.get("scheme") == "https":
-            defaults += RAW_HSTS
+        hsts = raw_headers({"Strict-Transport-Security": HSTS})
+        self.names = frozenset(name for name, _ in defaults + csp + hsts)
+        # Indexed [relaxed CSP][https].
+        self.variants: tuple[tuple[RawHeaders, RawHeaders], ...] = (
+            (defaults + csp, defaults + csp + hsts),
+            (defaults, defaults + hsts),
+        )
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))  # a new list: see asgi_headers
-                present = {name for name, _ in headers}
-                headers += [(name, value) for name, value in defaults if name not in present]
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+    def for_scope(self, scope: Scope) -> RawHeaders:
+        path: str = scope["path"]
+        relaxed = path.startswith(self.relaxed_csp_paths)
+        return self.variants[relaxed][scope.get("scheme") == "https"]
