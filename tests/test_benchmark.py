@@ -121,7 +121,7 @@ def test_the_benchmark_refuses_bad_or_unbounded_runs(
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.heavy(seconds=200)
+@pytest.mark.heavy(seconds=240)
 def test_the_benchmark_runs_every_part_and_writes_its_tables(
     project_env: ProjectEnv, tmp_path: Path
 ) -> None:

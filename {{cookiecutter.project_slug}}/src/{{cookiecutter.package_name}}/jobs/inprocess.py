@@ -57,7 +57,8 @@ class InMemoryJobStore:
     as a model: 0.43 KB against 0.88 KB for the example job (tracemalloc, 10,000 jobs).
     With the models, the default bound of 10,000 then grew the process by 19% in
     bench/run.py's part 6 (100,000 requests, 20,000 jobs; the target is 10%); as
-    JSON, by 10%; with 5,000 finished jobs kept, by about 5%.
+    JSON, by 12% (10% once job ids stayed out of pydantic's string cache); with the
+    default now 5,000, by 6%.
     """
 
     def __init__(
