@@ -11,7 +11,9 @@ It bakes the template twice (job_backend=inprocess and celery), installs each ba
 a fresh virtualenv and runs its test suite (part 4: the cost of generation), then serves
 the bakes with uvicorn, one process per variant, and loads them with wrk (an asyncio
 client when wrk is missing). Redis runs as a private `redis-server` on a free port, with
-a real Celery worker where jobs must run. Read docs/benchmarks.md for what is measured
+a real Celery worker where jobs must run. Part 6 (memory: one API process's RSS over
+100,000 requests, 20,000 of them jobs, on each backend) adds about 6 minutes, under
+one with --quick; `--parts` picks parts. Read docs/benchmarks.md for what is measured
 and how to read it.
 """
 
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import http.client
 import importlib.metadata
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -34,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import (
     HOST,
+    Connection,
     LoadResult,
     Request,
     Sample,
@@ -885,6 +891,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
         "enqueue": enqueue_section,
         "generation": generation_section,
         "limits": limits_section,
+        "memory": memory_section,
     }
     for part, section in sections.items():
         if part in results:
@@ -1127,10 +1134,243 @@ def limits_section(limits: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+# --------------------------------------------------------------------------- part 6
+
+
+TARGET_RSS_GROWTH = 1.10
+MEMORY_WARM_UP = 1_000  # requests before the baseline sample
+MEMORY_CONNECTIONS = 8
+MEMORY_SAMPLES = 10  # RSS samples after the warm-up, evenly spaced
+# Issue 14's run: 100,000 requests, 20,000 of them in-process jobs, default settings.
+MEMORY_FULL_REQUESTS = 100_000
+MEMORY_QUICK_REQUESTS = 10_000
+# One cycle of the mix: 2 of 10 submit a job, so the jobs are a fifth of the requests.
+MEMORY_MIX = (
+    "post_report", "live", "known_job", "notification", "unknown_job",
+    "post_report", "live", "known_job", "missing_path", "invalid_body",
+)  # fmt: skip
+MEMORY_EXPECTED = {
+    "post_report": 202, "live": 200, "known_job": 200, "notification": 202,
+    "unknown_job": 404, "missing_path": 404, "invalid_body": 422,
+}  # fmt: skip
+INVALID_REPORT = Request("POST", "/reports", b'{"rows": "many", "simulate_seconds": -1}')
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's highest RSS so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for {pid}")
+
+
+class MemoryDriver:
+    """A closed loop on one process: `MEMORY_CONNECTIONS` keep-alive clients sending
+    the mix in turn. Known job ids are among the latest accepted, always still stored;
+    every unknown id and missing path is new, so nothing the server might keep by path
+    or id is ever asked for twice."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sent = 0
+        self.first_job = ""
+        self.accepted_jobs = 0
+        self.recent_jobs: collections.deque[str] = collections.deque(maxlen=64)
+        self.unexpected: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, str] = {}
+
+    def request(self, index: int) -> tuple[str, Request]:
+        kind = MEMORY_MIX[index % len(MEMORY_MIX)]
+        if kind == "known_job" and not self.recent_jobs:
+            kind = "live"
+        if kind == "post_report":
+            return kind, report_request(1, 0.0)
+        if kind == "live":
+            return kind, LIVE
+        if kind == "known_job":
+            return kind, Request("GET", f"/jobs/{random.choice(self.recent_jobs)}")
+        if kind == "unknown_job":
+            return kind, Request("GET", f"/jobs/{uuid.uuid4().hex}")
+        if kind == "missing_path":
+            return kind, Request("GET", f"/no-such-page/{index}?page={index}")
+        if kind == "notification":
+            body = {"email": f"user{index}@example.com", "message": f"message {index}"}
+            return kind, Request("POST", "/notifications", json.dumps(body).encode())
+        return kind, INVALID_REPORT
+
+    async def send(self, count: int) -> None:
+        """Send the next `count` requests of the mix."""
+        stop = self.sent + count
+
+        async def client() -> None:
+            connection = Connection(self.port)
+            try:
+                while self.sent < stop:
+                    index = self.sent
+                    self.sent += 1
+                    kind, request = self.request(index)
+                    status, body = await asyncio.wait_for(connection.request(request), 10)
+                    if status != MEMORY_EXPECTED[kind]:
+                        self.unexpected[kind] += 1
+                        self.examples.setdefault(kind, f"{status} {body[:200]!r}")
+                    elif kind == "post_report":
+                        job_id = json.loads(body)["id"]
+                        self.first_job = self.first_job or job_id
+                        self.accepted_jobs += 1
+                        self.recent_jobs.append(job_id)
+            finally:
+                await connection.close()
+
+        await asyncio.gather(*(client() for _ in range(MEMORY_CONNECTIONS)))
+
+    def job_status(self, job_id: str) -> str:
+        status, body = http_get(self.port, f"/jobs/{job_id}")
+        if status == 404:
+            return "forgotten"  # only finished jobs are ever forgotten
+        if status != 200:
+            raise RuntimeError(f"GET /jobs/{job_id} answered {status}: {body!r}")
+        job_status: str = json.loads(body)["status"]
+        return job_status
+
+    def wait_for_jobs(self, timeout: float = 120.0) -> None:
+        """Until the latest job has ended. Jobs start in the order they came, so then
+        no backlog is in the sample, only what the server keeps."""
+        if self.recent_jobs:
+            latest = self.recent_jobs[-1]
+            ended = ("succeeded", "failed", "forgotten")
+            wait_until(lambda: self.job_status(latest) in ended, timeout, f"job {latest}")
+
+
+def default_store_bound(bake: Bake) -> int:
+    """INPROCESS_MAX_FINISHED_JOBS's default, read from the bake's own settings."""
+    script = (
+        "import importlib, sys\n"
+        "settings = importlib.import_module(sys.argv[1] + '.settings').Settings\n"
+        "print(settings.model_fields['inprocess_max_finished_jobs'].default)\n"
+    )
+    output = subprocess.run(
+        [str(bake.python), "-c", script, bake.package],
+        capture_output=True, text=True, check=True, env=bake.env(), timeout=60,
+    ).stdout  # fmt: skip
+    return int(output)
+
+
+def memory_growth(
+    args: argparse.Namespace, bake: Bake, processes: Processes, run_dir: Path, **env: str
+) -> dict[str, Any]:
+    """One API process's RSS while it serves `args.memory_requests` requests of the mix,
+    sampled after the warm-up and then at even steps."""
+    total = args.memory_requests
+    default_bound = max_finished = default_store_bound(bake)
+    if total != MEMORY_FULL_REQUESTS:
+        # A shorter run bounds the store in proportion, so it fills and stops there too.
+        max_finished = max(100, default_bound * total // MEMORY_FULL_REQUESTS)
+        env = {"INPROCESS_MAX_FINISHED_JOBS": str(max_finished), **env}
+    api = start_api(processes, bake, "generated", f"memory-{bake.backend}", run_dir, **env)
+    driver = MemoryDriver(api.port)
+    step = (total - MEMORY_WARM_UP) / MEMORY_SAMPLES
+    marks = [MEMORY_WARM_UP + round(step * n) for n in range(MEMORY_SAMPLES + 1)]
+    curve = []
+    started = time.perf_counter()
+    for mark in marks:
+        asyncio.run(driver.send(mark - driver.sent))
+        if bake.backend == "inprocess":
+            driver.wait_for_jobs()  # Celery jobs wait in Redis: no worker runs
+        curve.append({"requests": driver.sent, "rss_mb": rss_mb(api.process.pid)})
+    elapsed = time.perf_counter() - started
+    peak = peak_rss_mb(api.process.pid)
+    first_job = driver.job_status(driver.first_job)
+    processes.stop(api.process)
+    if driver.unexpected:
+        raise RuntimeError(
+            f"memory ({bake.backend}): unexpected answers {dict(driver.unexpected)}, "
+            f"e.g. {driver.examples}"
+        )
+    baseline = curve[0]["rss_mb"]
+    return {
+        "backend": bake.backend,
+        "requests": driver.sent,
+        "jobs_accepted": driver.accepted_jobs,
+        "max_finished_jobs": max_finished if bake.backend == "inprocess" else None,
+        "default_max_finished_jobs": default_bound,
+        "seconds": elapsed,
+        "curve": [{**point, "vs_warm_up": point["rss_mb"] / baseline} for point in curve],
+        "peak_rss_mb": peak,
+        "first_job_at_the_end": first_job,
+        "ratio": curve[-1]["rss_mb"] / baseline,
+    }
+
+
+def memory_use(
+    args: argparse.Namespace, bakes: dict[str, Bake], processes: Processes, run_dir: Path
+) -> dict[str, Any]:
+    """Part 6: does an API process keep its memory over many requests and jobs?"""
+    rows = [memory_growth(args, bakes["inprocess"], processes, run_dir)]
+    progress(f"memory: inprocess {rows[0]['ratio']:.3f} x its RSS after the warm-up")
+    redis = start_redis(processes, run_dir, "memory-redis")
+    rows.append(memory_growth(args, bakes["celery"], processes, run_dir, REDIS_URL=redis.url))
+    processes.stop(redis.process)
+    progress(f"memory: celery {rows[1]['ratio']:.3f} x its RSS after the warm-up")
+    mix = ", ".join(f"{MEMORY_MIX.count(kind)} {kind}" for kind in MEMORY_EXPECTED)
+    return {
+        "load": f"{args.memory_requests:,} requests on {MEMORY_CONNECTIONS} keep-alive "
+        f"connections, as fast as the server answers; every {len(MEMORY_MIX)}: {mix}",
+        "rows": rows,
+    }
+
+
+def memory_section(memory: dict[str, Any]) -> list[str]:
+    rows = memory["rows"]
+    lines = [
+        "## 6. Memory: RSS of one API process over many requests and jobs",
+        "",
+        f"Load: {memory['load']}. LOG_LEVEL=INFO, the settings' defaults; "
+        "RSS (VmRSS of /proc/<pid>/status) after the first "
+        f"{MEMORY_WARM_UP:,} requests, then at even steps, each taken once the latest "
+        "in-process job has ended. Celery: no worker runs, its jobs wait in Redis.",
+    ]
+    inprocess = rows[0]
+    if inprocess["max_finished_jobs"] != inprocess["default_max_finished_jobs"]:
+        lines.append(
+            f"Shortened run: INPROCESS_MAX_FINISHED_JOBS={inprocess['max_finished_jobs']:,} "
+            f"instead of its default {inprocess['default_max_finished_jobs']:,}, in proportion, "
+            "so the store fills up and stops growing as it does in the full run."
+        )
+    header = ["requests"]
+    for row in rows:
+        header += [f"{row['backend']} RSS MB", f"vs after {MEMORY_WARM_UP:,}"]
+    lines += ["", cells(*header), "|--:|" + "--:|--:|" * len(rows)]
+    for number, point in enumerate(rows[0]["curve"]):
+        values: list[object] = [f"{point['requests']:,}"]
+        for row in rows:
+            mine = row["curve"][number]
+            values += [f"{mine['rss_mb']:.1f}", f"{mine['vs_warm_up']:.3f}"]
+        lines.append(cells(*values))
+    lines += [
+        "",
+        cells("backend", "jobs accepted", "peak RSS MB", "first job at the end", "seconds",
+              f"final / after {MEMORY_WARM_UP:,} (target <= {TARGET_RSS_GROWTH:.2f})"),
+        "|---|--:|--:|---|--:|---|",
+    ]  # fmt: skip
+    for row in rows:
+        met = verdict(row["ratio"], TARGET_RSS_GROWTH, higher_is_better=False)
+        lines.append(
+            cells(
+                row["backend"],
+                f"{row['jobs_accepted']:,}",
+                f"{row['peak_rss_mb']:.1f}",
+                row["first_job_at_the_end"],
+                f"{row['seconds']:.0f}",
+                f"{row['ratio']:.3f} ({met})",
+            )
+        )
+    return [*lines, ""]
+
+
 # --------------------------------------------------------------------------- main
 
 
-PARTS = ("generation", "middleware", "jobs", "enqueue", "limits")
+PARTS = ("generation", "middleware", "jobs", "enqueue", "limits", "memory")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1161,6 +1401,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--bake-repeats", type=int, help="bakes timed a backend (default 5; quick 2)"
     )
     parser.add_argument(
+        "--memory-requests",
+        type=int,
+        help=f"requests a process serves in part 6 (default {MEMORY_FULL_REQUESTS:,}; quick "
+        f"{MEMORY_QUICK_REQUESTS:,})",
+    )
+    parser.add_argument(
         "--python",
         type=Path,
         help="an interpreter that already has the generated projects' dependencies: skips the "
@@ -1174,11 +1420,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.job_seconds if args.job_seconds is not None else (3.0 if quick else 10.0)
     )
     args.bake_repeats = args.bake_repeats if args.bake_repeats is not None else (2 if quick else 5)
+    if args.memory_requests is None:
+        args.memory_requests = MEMORY_QUICK_REQUESTS if quick else MEMORY_FULL_REQUESTS
     args.parts = [part.strip() for part in args.parts.split(",") if part.strip()]
     # Bounded, so a typo cannot turn into an hour of load on a shared machine.
     limits = {
         "rounds": (1, 20), "seconds": (1, 30), "connections": (1, 256), "job_rate": (1, 500),
         "job_seconds": (1, 60), "job_rows": (1, 1_000_000), "bake_repeats": (1, 20),
+        "memory_requests": (2_000, 1_000_000),
     }  # fmt: skip
     for name, (low, high) in limits.items():
         if not low <= getattr(args, name) <= high:
@@ -1241,6 +1490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "limits" in args.parts:
             progress("part 5: request-header limits (HTTP parser cost, memory under a flood)")
             results["limits"] = header_limits_cost(args, bakes["inprocess"], processes, run_dir)
+        if "memory" in args.parts:
+            progress("part 6: memory of an API process over many requests and jobs")
+            results["memory"] = memory_use(args, bakes, processes, run_dir)
     results["elapsed_seconds"] = time.perf_counter() - started
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -109,6 +109,7 @@ def test_wrk_output_is_read_for_rate_latency_and_errors() -> None:
         (["--rounds", "0"], "--rounds must be between 1 and 20"),
         (["--parts", "middleware,typo"], "unknown part(s) typo"),
         (["--python", "/nonexistent/python"], "no such interpreter"),
+        (["--memory-requests", "100"], "--memory-requests must be between 2000 and 1000000"),
     ],
 )
 def test_the_benchmark_refuses_bad_or_unbounded_runs(
@@ -120,7 +121,7 @@ def test_the_benchmark_refuses_bad_or_unbounded_runs(
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.heavy(seconds=150)
+@pytest.mark.heavy(seconds=240)
 def test_the_benchmark_runs_every_part_and_writes_its_tables(
     project_env: ProjectEnv, tmp_path: Path
 ) -> None:
@@ -145,6 +146,7 @@ def test_the_benchmark_runs_every_part_and_writes_its_tables(
     assert table.strip() in ran.output
     for heading in (
         "## 1. Middleware cost", "## 2. Response time", "## 3. Enqueue", "## 4.", "## 5.",
+        "## 6. Memory",
     ):  # fmt: skip
         assert heading in table
 
@@ -182,6 +184,20 @@ def test_the_benchmark_runs_every_part_and_writes_its_tables(
         assert flood["rss_during_mb"] - flood["rss_before_mb"] < 30
     cpu = {(row["app"], row["variant"]): row for row in results["limits"]["parser_cpu"]["rows"]}
     assert all(row["bare"]["us_per_request"] > 0 for row in cpu.values())
+
+    memory = {row["backend"]: row for row in results["memory"]["rows"]}
+    assert set(memory) == {"inprocess", "celery"}
+    for row in memory.values():
+        # --quick: 10,000 requests, a fifth of them jobs, sampled after the first 1,000.
+        assert row["requests"] == 10_000
+        assert row["jobs_accepted"] == 2_000
+        assert [point["requests"] for point in row["curve"]][::5] == [1_000, 5_500, 10_000]
+        assert all(point["rss_mb"] > 0 for point in row["curve"])
+    # The store's bound was reached and held: the first of 2,000 jobs is gone, while
+    # the Celery job still waits in Redis, as no worker ran.
+    assert memory["inprocess"]["max_finished_jobs"] < 2_000
+    assert memory["inprocess"]["first_job_at_the_end"] == "forgotten"
+    assert memory["celery"]["first_job_at_the_end"] == "queued"
 
     generation = results["generation"]["backends"]
     assert set(generation) == {"inprocess", "celery"}

@@ -17,6 +17,7 @@ from {{ cookiecutter.package_name }}.jobs import (
     build_job_backend,
 )
 from {{ cookiecutter.package_name }}.jobs.inprocess import (
+    NOT_JSON,
     NOT_STARTED_AT_SHUTDOWN,
     InMemoryJobStore,
     InProcessBackend,
@@ -194,6 +195,51 @@ def test_a_burst_of_submissions_does_not_evict_a_job_that_just_finished() -> Non
     assert store.get("first") is None  # the fourth finished job pushed out the oldest
     assert all(store.get(f"next-{n}") is not None for n in range(3))
     assert all(store.get(f"queued-{n}") is not None for n in range(50))
+
+
+def test_twenty_thousand_jobs_leave_no_more_than_the_default_bound_in_memory() -> None:
+    """What bench/run.py part 6 measures as RSS, counted: the default bound holds after
+    20,000 jobs, the newest stay readable with their results, the oldest are gone."""
+    backend = build_job_backend(make_settings())
+    assert isinstance(backend, InProcessBackend)
+    store = backend.store
+    bound = store.max_finished
+    assert bound == 5_000  # the README's default: 2.1 MB for the example job
+    for n in range(20_000):
+        finish(store, f"job-{n}")
+    assert len(store) == bound
+    assert store.get("job-0") is None
+    assert store.get(f"job-{19_999 - bound}") is None
+    newest = [store.get(f"job-{n}") for n in range(20_000 - bound, 20_000)]
+    assert all(state is not None and state.result == {"ok": True} for state in newest)
+
+
+def test_a_finished_job_reads_back_as_it_ended() -> None:
+    store = InMemoryJobStore()
+    result = {"rows": 3, "mean_cents": 12.5, "labels": ["a", "b"], "nested": {"x": None}}
+    store.add("job")
+    assert store.start_if_queued("job")
+    store.update("job", progress=40)
+    store.update("job", status=JobStatus.SUCCEEDED, progress=100, result=result)
+    state = store.get("job")
+    assert state is not None
+    assert state.model_dump() == {
+        "id": "job", "status": JobStatus.SUCCEEDED, "progress": 100, "result": result,
+        "error": None,
+    }  # fmt: skip
+    store.update("job", status=JobStatus.FAILED, error="late")  # an ended job stays ended
+    assert store.get("job") == state
+
+
+def test_a_job_whose_result_is_not_json_fails_saying_so() -> None:
+    """Kept as it was, it would make every GET /jobs/{id} of it a 500."""
+    store = InMemoryJobStore()
+    store.add("job")
+    assert store.start_if_queued("job")
+    store.update("job", status=JobStatus.SUCCEEDED, progress=100, result={"at": object()})
+    state = store.get("job")
+    assert state is not None
+    assert (state.status, state.result, state.error) == (JobStatus.FAILED, None, NOT_JSON)
 
 
 def test_the_retention_and_bound_come_from_the_settings() -> None:

@@ -121,7 +121,7 @@ class Settings(LoggingSettings):
         {%- endif %}
     )
     inprocess_max_finished_jobs: int = Field(
-        default=10_000,
+        default=5_000,
         ge=1,
         description=(
             "In-process jobs: finished states kept in memory at most; beyond it the oldest "
