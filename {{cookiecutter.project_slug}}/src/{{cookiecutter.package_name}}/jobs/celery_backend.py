@@ -93,17 +93,19 @@ class QueuePublisher:
     task message go to Redis in one pipeline, and the jobs submitted while one pipeline
     is on the wire go together in the next one.
 
-    Why not `send_task` in a thread, as before: measured on 2 cores (bench/run.py part
-    `enqueue`, and `/proc` CPU time of the API process under wrk), an empty call through
-    the thread hop alone cost about 540 us of CPU per request (thread wake-ups and GIL
-    hand-offs while the event loop is busy), more than `POST /reports` may cost in all
-    to reach half the rate of `GET /health/live`; and every blocking Redis call in the
-    thread took the GIL back from the busy loop again. `send_task` itself cost about
-    1,200 us of CPU a job in a loop (a new `redis.Redis` client per publish in kombu's
-    transport, `saferepr` of the arguments, declaring the queue again, two round trips).
-    Here a job costs one message built with Celery's own `create_task_message`
-    (`broker.encode_task_message`) and two commands in a shared pipeline, and the loop
-    never waits on a thread. The numbers before and after are in docs/benchmarks.md.
+    Why not `send_task` in a thread, as before: measured on 2 cores with the template's
+    benchmark (`bench/run.py`, part `enqueue`, and the API process's CPU time under
+    wrk), an empty call through the thread hop alone cost about 540 us of CPU per
+    request (the thread's wake-up and GIL hand-offs with a busy event loop), and every
+    blocking Redis call in the thread took the GIL back from the loop again: a
+    `POST /reports` cost 4,200-5,100 us. `send_task` itself cost 1,100-1,400 us a job
+    (kombu's transport builds a new `redis.Redis` client per publish, declares the
+    queue again, `saferepr` of the arguments, two round trips). Here a job costs the
+    message, built with Celery's own `create_task_message` (`broker.encode_task_message`),
+    and two commands in a shared pipeline: about 330 us with 16 in flight, 615 us one
+    at a time. One API process went from 0.16 to 0.37 of its `GET /health/live` rate
+    in jobs accepted per second. The `hiredis` parser (`redis[hiredis]`) takes about a
+    quarter off a job with 16 in flight (198-220 us against 251-301 us).
 
     Order and failures: in each pipeline a job's QUEUED record precedes its message,
     and Redis runs one connection's commands in order, so a worker never finds a job
