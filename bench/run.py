@@ -69,6 +69,8 @@ LIVE = Request("GET", "/health/live")
 TARGET_STACK_VS_NO_MIDDLEWARE = 0.90
 TARGET_STACK_VS_BASE_HTTP = 4.0
 TARGET_POST_P99_VS_LIVE_P99 = 2.0
+TARGET_JOBS_VS_LIVE = 0.5
+TARGET_ENQUEUE_VS_RAW = 0.5
 STARTUP_TIMEOUT = 30.0
 
 
@@ -619,6 +621,20 @@ def redis_floor(bake: Bake, redis: Redis, seconds: float) -> dict[str, Any]:
     return floor
 
 
+def publish_cost(args: argparse.Namespace, bake: Bake, redis: Redis) -> dict[str, Any]:
+    """The enqueue alone, in one process, next to redis-py's two round trips
+    (bench/publish_cost.py)."""
+    command = [
+        bake.python, str(BENCH_DIR / "publish_cost.py"), redis.url,
+        "--seconds", str(min(args.seconds, 2)), "--rounds", str(max(2, min(args.rounds, 5))),
+    ]  # fmt: skip
+    output = subprocess.run(
+        command, capture_output=True, text=True, check=True, env=bake.env(), timeout=120
+    ).stdout
+    loops: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    return loops
+
+
 def enqueue_throughput(
     args: argparse.Namespace, bake: Bake, processes: Processes, run_dir: Path
 ) -> dict[str, Any]:
@@ -633,6 +649,7 @@ def enqueue_throughput(
     accepted: list[LoadResult] = []
     live: list[LoadResult] = []
     calls_per_job: list[float] = []
+    jobs_vs_live: list[float] = []
     for number in range(args.rounds):
         before = redis_calls(redis)
         result = saturate(api.port, post, args.seconds, args.connections, expected_status=202)
@@ -642,11 +659,13 @@ def enqueue_throughput(
         accepted.append(result)
         calls_per_job.append(calls / result.requests)
         live.append(saturate(api.port, LIVE, args.seconds, args.connections))
+        jobs_vs_live.append(result.per_second / live[-1].per_second)
         progress(f"enqueue: round {number + 1}/{args.rounds}")
     queued = int(redis.cli("llen", "celery"))
     total_accepted = sum(r.requests for r in accepted)
     processes.stop(api.process)
     floor = redis_floor(bake, redis, seconds=min(args.seconds, 3))
+    publish = publish_cost(args, bake, redis)
     processes.stop(redis.process)
     jobs_per_second = ratio_stats([r.per_second for r in accepted])
     return {
@@ -656,6 +675,8 @@ def enqueue_throughput(
         "post_p50_ms": statistics.median(r.p50_ms for r in accepted),
         "post_p99_ms": statistics.median(r.p99_ms for r in accepted),
         "live_requests_per_second": ratio_stats([r.per_second for r in live]),
+        "jobs_vs_live": ratio_stats(jobs_vs_live),
+        "publish": publish,
         "redis_commands_per_job": statistics.median(calls_per_job),
         "messages_in_queue": queued,
         "accepted_in_measured_rounds": total_accepted,
@@ -828,6 +849,33 @@ def enqueue_section(e: dict[str, Any]) -> list[str]:
     if "redis_benchmark_ping_c1_per_second" in e:
         rate = e["redis_benchmark_ping_c1_per_second"]
         rows.append(("redis-benchmark PING, one client, per second", f"{rate:,.0f}"))
+    publish = e.get("publish", {})
+    loop_rows = [
+        cells(
+            f"`{name}`",
+            f"{loop['per_second']:,.0f}",
+            f"{loop['cpu_us']:,.0f}",
+            f"{loop['per_second'] / publish['raw']['per_second']:.2f}",
+        )
+        for name, loop in publish.items()
+    ]
+    targets = [
+        cells(
+            f"jobs accepted per second >= {TARGET_JOBS_VS_LIVE:g} x GET /health/live, same process",
+            spread(e["jobs_vs_live"]),
+            verdict(e["jobs_vs_live"]["median"], TARGET_JOBS_VS_LIVE),
+        )
+    ]
+    if publish:
+        for name in ("submit", "submit x16"):
+            ratio = publish[name]["per_second"] / publish["raw"]["per_second"]
+            targets.append(
+                cells(
+                    f"`{name}` per second >= {TARGET_ENQUEUE_VS_RAW:g} x `raw`",
+                    f"{ratio:.2f}",
+                    verdict(ratio, TARGET_ENQUEUE_VS_RAW),
+                )
+            )
     return [
         "## 3. Enqueue throughput, Celery backend: `POST /reports` on one API process",
         "",
@@ -836,6 +884,19 @@ def enqueue_section(e: dict[str, Any]) -> list[str]:
         cells("measure", "value"),
         "|---|--:|",
         *(cells(name, value) for name, value in rows),
+        "",
+        "The enqueue alone, in one process (`bench/publish_cost.py`, best of its rounds): "
+        "`raw` is redis-py making a job's two round trips (SET of the state, LPUSH of a "
+        "message of the same size); `submit` the backend's own enqueue as `POST /reports` "
+        "awaits it, one job after another; `submit x16` with 16 in flight.",
+        "",
+        cells("loop", "jobs per second", "CPU us per job", "vs raw"),
+        "|---|--:|--:|--:|",
+        *loop_rows,
+        "",
+        cells("target", "measured", ""),
+        "|---|--:|---|",
+        *targets,
         "",
     ]
 

@@ -171,6 +171,8 @@ def test_the_benchmark_runs_every_part_and_writes_its_tables(
     # Every 202 left a real Celery message in Redis (no worker was consuming).
     assert enqueue["messages_in_queue"] >= enqueue["accepted_in_measured_rounds"] > 0
     assert enqueue["redis_commands_per_job"] > 0
+    assert {"raw", "submit", "submit x16"} <= set(enqueue["publish"])
+    assert all(loop["per_second"] > 0 for loop in enqueue["publish"].values())
 
     limits = {row["variant"]: row for row in results["limits"]["rows"]}
     assert set(limits) == {"httptools", "bounded", "h11"}

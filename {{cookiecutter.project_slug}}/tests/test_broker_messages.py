@@ -1,4 +1,5 @@
-"""Any bytes in the queue: the worker sets a bad message aside and goes on.
+"""What is in the queue: the message the API writes is the one Celery would write, and
+any other bytes are set aside by the worker, which goes on.
 
 Anything that can write to Redis can push onto the queue's list. kombu decodes what
 it pops without a guard, and before `jobs/broker.py` each of these stopped the worker
@@ -8,6 +9,7 @@ it pops without a guard, and before `jobs/broker.py` each of these stopped the w
 import base64
 import json
 import pickle
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,33 @@ def test_the_worker_uses_the_guarded_transport_over_a_method_kombu_still_has() -
     app = celery_app.create_celery_app(make_settings(jobs_backend="celery"), worker=True)
     with app.connection_for_read() as connection:
         assert type(connection.transport) is broker.Transport
+
+
+def test_the_api_writes_the_message_celery_itself_would_write(private_redis: RedisServer) -> None:
+    """The API builds task messages itself (`broker.encode_task_message`) and pushes them
+    with its own pipeline. Field for field, each is what `send_task` pushes through
+    kombu's transport, apart from the tag kombu draws for every message: a Celery or
+    kombu release that changes the message, or where it goes, fails here."""
+    app = celery_app.create_celery_app(
+        make_settings(jobs_backend="celery", redis_url=private_redis.url)
+    )
+    args = ("build_report", {"rows": 3, "simulate_seconds": 0.5})
+    headers = {celery_app.REQUEST_ID_HEADER: "the-request-id"}
+    client = redis.Redis.from_url(private_redis.url)
+    app.send_task(celery_app.RUN_JOB_TASK, args=args, task_id="job-1", headers=headers)
+    assert client.llen(QUEUE) == 1, "send_task pushed its message somewhere else"
+    pushed = client.rpop(QUEUE)
+    assert isinstance(pushed, bytes)
+    celerys = json.loads(pushed)
+    ours = json.loads(
+        broker.encode_task_message(app, celery_app.RUN_JOB_TASK, "job-1", args, headers, QUEUE)
+    )
+    tags = [m["properties"].pop("delivery_tag") for m in (ours, celerys)]
+    assert ours == celerys
+    assert tags[0] != tags[1]
+    assert uuid.UUID(tags[0])
+    client.close()
+    app.close()
 
 
 def test_the_worker_survives_any_bytes_in_the_queue_and_runs_the_job_behind_them(

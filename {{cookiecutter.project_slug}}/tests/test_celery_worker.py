@@ -1,6 +1,7 @@
 """Durability of the Celery path, with real worker processes and a real Redis that the
 tests kill, stop and freeze. Each test prints how long recovery took."""
 
+import json
 import os
 import signal
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+import redis
 
 from {{ cookiecutter.package_name }}.factory import create_app
 from {{ cookiecutter.package_name }}.jobs import celery_app
@@ -130,6 +132,29 @@ def test_a_job_whose_pool_process_is_killed_is_run_again_at_once(
         assert final["status"] == "succeeded", final
         assert len(start_lines(worker, job_id)) == 2
         assert len(succeeded_lines(worker, job_id)) == 1
+
+
+def test_jobs_submitted_together_are_each_queued_once_and_each_run(
+    private_redis: RedisServer, celery_api: httpx.Client, tmp_path: Path
+) -> None:
+    """Submissions that arrive together share one pipeline to Redis (see
+    `QueuePublisher`): every 202 leaves exactly one message and a queued state, and
+    every job runs."""
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(
+            pool.map(lambda _: celery_api.post("/reports", json={"rows": 2}), range(48))
+        )
+    assert [r.status_code for r in responses] == [202] * 48
+    ids = {r.json()["id"] for r in responses}
+    assert len(ids) == 48
+    client = redis.Redis.from_url(private_redis.url)
+    queued = [json.loads(m)["headers"]["id"] for m in client.lrange("celery", 0, -1)]
+    client.close()
+    assert sorted(queued) == sorted(ids)
+    assert {job_state(celery_api, i)["status"] for i in ids} == {"queued"}
+    with running_worker(private_redis.url, "batch", tmp_path):
+        finals = [final_state(celery_api, i, 60, f"job {i} to end") for i in ids]
+    assert {f["status"] for f in finals} == {"succeeded"}
 
 
 def assert_unavailable_fast(http: httpx.Client, outage: str) -> None:

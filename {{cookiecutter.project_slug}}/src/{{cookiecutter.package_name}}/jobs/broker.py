@@ -1,4 +1,5 @@
-"""kombu's Redis transport, made to survive any bytes in the queue.
+"""kombu's Redis transport, made to survive any bytes in the queue; and the task
+message as that transport stores it, for the API to publish without it.
 
 Anything that can write to Redis (a bug in another producer, a half-written message, an
 attacker) can push a value onto the queue's list. kombu 5.7 decodes what it pops with no
@@ -18,15 +19,26 @@ The check overrides one method of kombu's channel, `_brpop_read`, which this mir
 apart from the check; `tests/test_broker_messages.py` fails if a kombu release changes
 what is delivered. Measured on a 900-byte task message: 32 us to decode and check
 it, of which 26 us is the JSON decoding kombu does anyway; the check adds about 6 us.
+
+`encode_task_message` writes what kombu's `Producer.publish` would push onto the queue's
+list for Celery's `send_task`, so that the API can push it itself, from the event loop
+(see `celery_backend.QueuePublisher` for why, with the numbers).
+`tests/test_broker_messages.py` compares the two field by field: a Celery or kombu
+release that changes the message fails there, not in production.
 """
 
+import base64
 import logging
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from celery import Celery, signals
+from kombu.serialization import dumps as serialize
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Empty
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +49,77 @@ DEAD_LETTER_MAX = 1000
 LOGGED_BYTES = 200
 
 
+# kombu's default for persistent messages; the Redis transport stores it and ignores it.
+PERSISTENT = 2
+
+
 def dead_letter_key(queue: str) -> str:
     return queue + DEAD_LETTER_SUFFIX
+
+
+def encode_task_message(
+    app: Celery,
+    task_name: str,
+    task_id: str,
+    args: Sequence[Any],
+    headers: Mapping[str, Any],
+    queue: str,
+) -> str:
+    """The message `app.send_task(task_name, args, task_id=..., headers=...)` would push
+    onto `queue`'s Redis list: Celery's own task message (protocol 2), in kombu's
+    envelope, with the body base64-encoded as kombu's virtual transports store it.
+
+    Only the default route is written: the anonymous exchange, straight to `queue`, at
+    priority 0 (kombu's list for that priority is the queue's own name). Celery's
+    `before_task_publish` and `after_task_publish` signals fire as for `send_task`, so
+    that what hooks into them (tracing headers) keeps working.
+    """
+    argsrepr = repr(args)  # Celery's `saferepr` is a third of building the message
+    task_headers, properties, body, _ = app.amqp.create_task_message(
+        task_id,
+        task_name,
+        args,
+        {},
+        argsrepr=argsrepr[: app.amqp.argsrepr_maxsize],
+        kwargsrepr="{}",
+        reply_to=app.thread_oid,
+        ignore_result=None,  # what `send_task` passes when its caller names none
+    )
+    task_headers.update(headers)
+    if signals.before_task_publish.receivers:
+        signals.before_task_publish.send(
+            sender=task_name,
+            body=body,
+            exchange="",
+            routing_key=queue,
+            declare=[],
+            headers=task_headers,
+            properties=properties,
+            retry_policy={},
+        )
+    content_type, content_encoding, data = serialize(body, serializer=app.conf.task_serializer)
+    raw = data.encode(content_encoding) if isinstance(data, str) else data
+    properties.update(
+        delivery_mode=PERSISTENT,
+        delivery_info={"exchange": "", "routing_key": queue},
+        priority=0,
+        body_encoding="base64",
+        delivery_tag=str(uuid.uuid4()),
+    )
+    message: str = dumps(
+        {
+            "body": base64.b64encode(raw).decode(),
+            "content-encoding": content_encoding,
+            "content-type": content_type,
+            "headers": task_headers,
+            "properties": properties,
+        }
+    )
+    if signals.after_task_publish.receivers:
+        signals.after_task_publish.send(
+            sender=task_name, body=body, headers=task_headers, exchange="", routing_key=queue
+        )
+    return message
 
 
 class MalformedMessageError(ValueError):

@@ -178,13 +178,22 @@ def worker_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def encode_state(store: RedisBackend, job_id: str, state: str, progress: int) -> bytes:
+    """A QUEUED or PROGRESS state as Celery's result store keeps it (`get_task_meta`
+    reads it back)."""
+    encoded: bytes = store.encode(
+        {"status": state, "result": {"progress": progress}, "task_id": job_id}
+    )
+    return encoded
+
+
 def write_state(store: RedisBackend, job_id: str, state: str, progress: int, expires: int) -> None:
-    """Store a job's QUEUED or PROGRESS state with one SET, and no retry: the caller
-    decides what a failure means. Celery's `store_result` reads the key first (to
-    never overwrite a finished task) and retries; neither helps a state that the next
-    update replaces."""
-    meta = {"status": state, "result": {"progress": progress}, "task_id": job_id}
-    store.client.set(store.get_key_for_task(job_id), store.encode(meta), ex=expires)
+    """Store a job's PROGRESS state with one SET, and no retry: the caller decides what
+    a failure means. Celery's `store_result` reads the key first (to never overwrite a
+    finished task) and retries; neither helps a state that the next update replaces.
+    (The API writes QUEUED with the task message, see `celery_backend.QueuePublisher`.)"""
+    state_bytes = encode_state(store, job_id, state, progress)
+    store.client.set(store.get_key_for_task(job_id), state_bytes, ex=expires)
 
 
 class ProgressReporter:

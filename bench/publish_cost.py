@@ -1,0 +1,123 @@
+"""What enqueueing one job costs the API process on the Celery backend, next to Redis's
+own floor, in one process: `bench/run.py` (part `enqueue`) runs it in the generated
+project's interpreter, against the benchmark's private `redis-server`.
+
+    python bench/publish_cost.py REDIS_URL [--seconds 1] [--rounds 3]
+
+Three loops, alternated round by round (best round each, as CPU time per job and as jobs
+per wall-clock second):
+
+- `raw`: redis-py doing what one job needs of Redis at the least: a SET of the job's
+  state and an LPUSH of a message of the same size, two round trips.
+- `submit`: the backend's own enqueue, one job after another: `await
+  backend.submit(job)`, as `POST /reports` calls it.
+- `submit x16`: the same with 16 submissions in flight at once, as under load.
+- `_publish, no thread` (templates from before the enqueue moved to the event loop):
+  the call their client thread made for each job, called directly.
+
+The JSON line it prints is read by `bench/run.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis
+
+PACKAGE = os.environ["BENCH_PACKAGE"]
+CONCURRENT = 16
+
+
+def generated(module: str) -> Any:
+    return importlib.import_module(f"{PACKAGE}.{module}")
+
+
+def new_job() -> Any:
+    params = {"rows": 1, "simulate_seconds": 0.0}
+    return generated("jobs.models").JobRequest(
+        id=uuid.uuid4().hex, name="build_report", params=params, request_id=os.urandom(16).hex()
+    )
+
+
+async def rate(
+    one: Callable[[], Awaitable[None]], seconds: float, parallel: int
+) -> dict[str, float]:
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await one()
+            done += 1
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(parallel)))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {"per_second": done / wall, "cpu_us": cpu / done * 1e6}
+
+
+async def measure(url: str, seconds: float, rounds: int) -> dict[str, Any]:
+    os.environ.update(REDIS_URL=url, JOBS_BACKEND="celery")
+    settings = generated("settings").Settings()
+    backend = generated("jobs.celery_backend").CeleryBackend(settings)
+    client = redis.Redis.from_url(url)
+    sample = generated("jobs.broker")
+    state, message = b"s" * 110, b"m" * 1000
+    if hasattr(sample, "encode_task_message"):  # the message the backend builds
+        message = sample.encode_task_message(
+            backend.app, "x.run_job", "0" * 32, ("build_report", {"rows": 1}), {}, "q"
+        ).encode()
+
+    async def raw() -> None:
+        client.set(f"bench-raw-state-{uuid.uuid4().hex}", state, ex=60)
+        client.lpush("bench-raw-queue", message)
+
+    async def submit() -> None:
+        await backend.submit(new_job(), lambda _: None)
+
+    loops = {"raw": (raw, 1), "submit": (submit, 1), "submit x16": (submit, CONCURRENT)}
+    if hasattr(backend, "_publish"):  # before: the call its thread made for each job
+
+        async def publish() -> None:
+            backend._publish(new_job(), time.monotonic() + 10)
+
+        loops["_publish, no thread"] = (publish, 1)
+    for one, parallel in loops.values():  # warm-up: connections, caches
+        await rate(one, 0.2, parallel)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in loops}
+    for number in range(rounds):
+        order = list(loops.items()) if number % 2 == 0 else list(reversed(loops.items()))
+        for name, (one, parallel) in order:
+            results[name].append(await rate(one, seconds, parallel))
+    await backend.aclose()
+    client.delete("bench-raw-queue", *client.keys("bench-raw-state-*"))
+    client.close()
+    return {
+        name: {
+            "per_second": max(r["per_second"] for r in runs),
+            "cpu_us": min(r["cpu_us"] for r in runs),
+        }
+        for name, runs in results.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("redis_url")
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(measure(args.redis_url, args.seconds, args.rounds))))
+
+
+if __name__ == "__main__":
+    main()
