@@ -6,12 +6,13 @@ environment, as in production (`LOG_LEVEL`, `LOG_FORMAT`, `JOBS_BACKEND`, `REDIS
 
 - `generated`: the service as it ships, `create_app()`.
 - `no_middleware`: the same app with its middleware list emptied; everything else
-  (routers, error handlers, FastAPI's `max_body_size`, logging) is unchanged.
+  (routes, error handlers, logging) is unchanged.
 - `base_http`: `no_middleware` plus the same behaviour written the way most FastAPI code
   writes it, as `@app.middleware("http")` functions (`BaseHTTPMiddleware`): request id,
   access line + `Server-Timing`, security headers, `Content-Length` limit. It lives
   here, never in the generated service.
-- `bare`: a plain FastAPI app with one route, for scale.
+- `bare`: a plain FastAPI app with one route; served with uvicorn's own access line
+  too (`bench/run.py` turns it on), it is what users deploy by default.
 """
 
 from __future__ import annotations

@@ -69,6 +69,12 @@ EXPECTED_BODY = b'{"status":"ok"}'
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_WRK_SECONDS = 10
 MAX_WRK_CONNECTIONS = 64
+# Issue 14's targets for the in-process figures, as ratios to `bare`.
+TARGETS = (
+    ("generated_app_no_mw", 0.97, "the app itself: at most 3% over bare FastAPI"),
+    ("generated_stack", 0.92, "the whole stack, no access line"),
+    ("generated_stack_info_logging", 0.80, "the whole stack and its JSON access line"),
+)
 
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]
@@ -538,6 +544,13 @@ def report(
             best_wrk = max(m.wrk_rates)
             row += f" {best_wrk:,.0f} | {best_wrk / max(bare.wrk_rates):.2f} |"
         lines.append(row)
+    by_name = {m.variant.name: m for m in measured}
+    lines += ["", "| target (CPU time, best round, vs bare) | measured | |", "|---|--:|---|"]
+    for name, target, what in TARGETS:
+        if name in by_name:
+            ratio = max(by_name[name].cpu_rates) / bare_cpu
+            verdict = "met" if ratio >= target else "**missed**"
+            lines.append(f"| `{name}` >= {target:.2f} ({what}) | {ratio:.2f} | {verdict} |")
     lines += ["", "Variants:", ""]
     lines += [f"- `{m.variant.name}`: {m.variant.description}" for m in measured]
     lines += [
