@@ -152,10 +152,14 @@ def test_the_benchmark_runs_every_part_and_writes_its_tables(
 
     middleware = {row["variant"]: row for row in results["middleware"]["rows"]}
     assert set(middleware) == {
-        "bare", "no_middleware", "generated", "base_http", "generated@WARNING",
-        "base_http@WARNING",
+        "bare", "bare+uvicorn_log", "no_middleware", "generated", "base_http",
+        "generated@WARNING", "base_http@WARNING",
     }  # fmt: skip
     assert all(row["requests_per_second"]["median"] > 0 for row in middleware.values())
+    # The issue's comparisons are all there, each a ratio of real rounds.
+    assert {
+        "generated_vs_bare+uvicorn_log", "generated_vs_base_http", "generated_vs_base_http@WARNING",
+    } <= set(results["middleware"]["comparisons"])  # fmt: skip
 
     jobs = results["jobs"]["rows"]
     assert [(row["backend"], row["simulate_seconds"]) for row in jobs] == [
@@ -204,3 +208,30 @@ def test_the_benchmark_runs_every_part_and_writes_its_tables(
     generation = results["generation"]["backends"]
     assert set(generation) == {"inprocess", "celery"}
     assert all(len(row["bake_seconds"]) == 1 for row in generation.values())
+
+
+@pytest.mark.heavy(seconds=60)
+def test_the_in_process_benchmarks_run_on_a_fresh_bake(
+    project_env: ProjectEnv, tmp_path: Path
+) -> None:
+    """`bench/middleware_cost.py` (one short round) and the measured part of
+    `bench/instructions.py` (what callgrind counts, run here without valgrind, which
+    CI does not install) both drive today's generated app."""
+    bake = bench_run.bake(REPO_ROOT, "inprocess", tmp_path / "bake", tmp_path)
+    cost = [
+        str(project_env.python), str(REPO_ROOT / "bench" / "middleware_cost.py"),
+        "--project", str(bake), "--rounds", "1", "--round-seconds", "0.1", "--slices", "2",
+    ]  # fmt: skip
+    ran = run(cost, cwd=tmp_path, env=clean_env(None), timeout=300)
+    assert ran.ok, ran.report()
+    for variant in ("bare", "generated_app_no_mw", "generated_stack"):
+        assert f"| `{variant}` |" in ran.output
+    assert "| `generated_stack` >= 0.92" in ran.output  # the targets table
+
+    for variant in ("generated_stack", "generated_stack_info_logging"):
+        child = [
+            str(project_env.python), str(REPO_ROOT / "bench" / "instructions.py"),
+            "--child", variant, "--project", str(bake), "--requests", "20",
+        ]  # fmt: skip
+        ran = run(child, cwd=tmp_path, env=clean_env(None), timeout=120)
+        assert ran.ok, ran.report()

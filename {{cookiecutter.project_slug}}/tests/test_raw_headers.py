@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from {{ cookiecutter.package_name }}.middleware.edge import EdgeMiddleware
+from {{ cookiecutter.package_name }}.middleware import edge
 
 pytestmark = pytest.mark.anyio
 RawPairs = list[tuple[bytes, bytes]]
@@ -36,7 +36,7 @@ def app_sending(headers: Callable[[], Iterable[tuple[bytes, bytes]]]) -> ASGIApp
 
 def stack(app: ASGIApp) -> ASGIApp:
     """The layer that adds response headers."""
-    return EdgeMiddleware(app, max_body_bytes=1024)
+    return edge.EdgeMiddleware(app, max_body_bytes=1024)
 
 
 async def response_headers(

@@ -9,8 +9,9 @@
 
 Why one layer for four concerns: as four layers, each a coroutine frame per request
 and a call per message, each scanning the request headers and rebuilding the
-response's on its own, they cost 55% more than this one (measured with callgrind,
-which counts instructions and so is not swayed by a busy machine: bench/edge_cost.py).
+response's on its own, they added about 67,000 instructions to a request; this one
+adds about 31,000, 9% of a bare FastAPI request (counted by callgrind, which a busy
+machine cannot sway: bench/instructions.py).
 Each concern keeps its module; this class runs them, with one look at the request
 headers and one at the response's.
 
