@@ -140,6 +140,19 @@ def test_json_lines_carry_the_path_as_it_came_one_object_a_line() -> None:
 
 
 @pytest.mark.parametrize(
+    "value",
+    ["caf\u00e9", "C1 \x9b31m control", "line\u2028separator", "lone \ud800", 2**70, "\x1b[2J"],
+)
+def test_a_json_line_is_all_ascii_whatever_its_fields_hold(value: object) -> None:
+    """Controls (C0 and C1), line separators and any other non-ASCII text are written as
+    escapes, so no field can act on a terminal or split a line for a log shipper."""
+    line = JsonFormatter().format(record_at(1.5, field=value))
+    assert line.isascii()
+    assert "\n" not in line
+    assert json.loads(line)["field"] == value
+
+
+@pytest.mark.parametrize(
     ("text", "escaped"),
     [
         ("plain text, unchanged", "plain text, unchanged"),
