@@ -4,8 +4,7 @@ The edge layer (`edge.py`) puts it in `request_id_var` for every log line of the
 request and in the response.
 """
 
-import itertools
-import os
+import random
 import re
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -19,20 +18,8 @@ def request_id_for(incoming: bytes | None) -> str:
     """The id of a request whose `X-Request-ID` header is `incoming` (None: absent)."""
     if incoming is not None and VALID_REQUEST_ID.match(incoming):
         return incoming.decode("ascii")
-    return f"{_id_prefix}{next(_id_counter):012x}"
-
-
-def _new_id_sequence() -> None:
-    """A new random prefix: 20 hex digits (80 bits) of the OS's randomness, then a
-    12-digit count. Unique without a system call per request (`os.urandom` is one,
-    about 1 us here); made again in a forked child, which would else repeat its
-    parent's ids."""
-    global _id_prefix, _id_counter
-    _id_prefix = os.urandom(10).hex()
-    _id_counter = itertools.count()
-
-
-_id_prefix = ""
-_id_counter = itertools.count()
-_new_id_sequence()
-os.register_at_fork(after_in_child=_new_id_sequence)
+    # 32 hex digits of 128 random bits (`uuid.uuid4().hex` has 122). A request id is a
+    # correlation id, not a secret, so `random` serves (seeded from the OS, and again in
+    # a forked child), without the system call `os.urandom` makes each time (about 1 us
+    # here). Not a count either: ids would tell anyone how busy the service is.
+    return f"{random.getrandbits(128):032x}"
