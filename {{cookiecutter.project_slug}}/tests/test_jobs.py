@@ -115,7 +115,7 @@ def test_a_failing_job_ends_failed_with_its_error_logged_with_the_request_id(
     final = jobs_api.follow(job_id)[-1]
     assert final["status"] == "failed"
     assert final["result"] is None
-    assert final["error"].startswith("ValidationError:")
+    assert final["error"].startswith("JobInputError:")
     assert "rows" in final["error"]
     failure_lines = [
         r for r in jobs_api.job_log() if job_id in r["message"] and r["level"] == "ERROR"

@@ -78,6 +78,7 @@ def serve_command() -> list[str]:
     [
         ("LOG_LEVEL", "LOUD"),
         ("MAX_REQUEST_BODY_BYTES", "-1"),
+        ("SENTRY_DSN", "https://8f2e1c@sentry.example.com/not-a-project"),
         {%- if cookiecutter.use_bearer_auth %}
         ("API_TOKEN", "s3cret-short"),
         {%- endif %}

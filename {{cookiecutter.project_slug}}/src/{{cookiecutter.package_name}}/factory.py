@@ -13,6 +13,7 @@ from .api.errors import install_error_handlers
 from .jobs import JobBackend, build_job_backend
 from .logs import configure_logging
 from .middleware import StackedFastAPI, middleware_stack
+from .observability.errors import setup_error_reporting
 from .settings import Settings, load_settings
 from .stop_signals import on_stop_signals
 
@@ -66,6 +67,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    # Before the app and its middleware exist: sentry_sdk instruments Starlette's classes.
+    setup_error_reporting(settings)
     app = StackedFastAPI(
         title="{{ cookiecutter.project_name }}",
         version="{{ cookiecutter.version }}",

@@ -5,7 +5,7 @@ Values come from the environment, then from a `.env` file in the working directo
 
 from typing import Literal
 
-from pydantic import Field, {% if cookiecutter.use_bearer_auth %}SecretStr, {% endif %}ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -133,6 +133,45 @@ class Settings(LoggingSettings):
         ge=1,
         description="Server worker processes (uvicorn reads WEB_CONCURRENCY too).",
     )
+    # Error reporting (issue 9)
+    sentry_dsn: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Where crashes are reported (Sentry, or a service that speaks its protocol): "
+            "https://<public key>@<host>/<project id>. Unset or empty: nothing is reported "
+            "and sentry_sdk is not even imported."
+        ),
+    )
+    sentry_environment: str = Field(
+        default="production",
+        min_length=1,
+        description="The environment reports are filed under (production, staging...).",
+    )
+
+    @field_validator("sentry_dsn", mode="before")
+    @classmethod
+    def _empty_dsn_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _dsn_is_a_sentry_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not is_sentry_dsn(value.get_secret_value()):
+            # Never the value: the DSN's key is a credential.
+            raise ValueError("must be a Sentry DSN, https://<public key>@<host>/<project id>")
+        return value
+
+
+def is_sentry_dsn(dsn: str) -> bool:
+    """Whether sentry_sdk accepts `dsn`, checked by its own parser (imported only when a
+    DSN is set, so a service without one never loads it)."""
+    from sentry_sdk.utils import Dsn
+
+    try:
+        Dsn(dsn)
+    except ValueError:  # its BadDsn, or urllib's for a port that is not a number
+        return False
+    return True
 
 
 class SettingsError(ValueError):

@@ -9,12 +9,16 @@ from celery import signals
 
 from .jobs.celery_app import create_celery_app
 from .logs import configure_logging
+from .observability.errors import setup_error_reporting
 from .settings import SettingsError, load_settings
 
 try:
     settings = load_settings()
 except SettingsError as error:
     raise SystemExit(f"{__package__}: {error}") from None
+# At import, in the main process: the prefork pool's children inherit it, and each
+# starts its own sender thread when it first reports (checked with a real worker).
+setup_error_reporting(settings, celery_worker=True)
 app = create_celery_app(settings, worker=True)
 
 

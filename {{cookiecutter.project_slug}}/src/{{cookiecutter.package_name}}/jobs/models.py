@@ -55,6 +55,14 @@ class TransientJobError(Exception):
     """
 
 
+class JobInputError(ValueError):
+    """Raise from a job that refuses its params (they fail its own validation).
+
+    The job fails, and is not retried, like any other error; but the mistake is the
+    submitter's, not a bug, so error reporting leaves it out (observability/errors.py).
+    """
+
+
 class JobFailedError(Exception):
     """A job's own error, reduced to its description ("ValueError: ...").
 

@@ -8,9 +8,9 @@ so either backend can run it and a re-run with the same params gives the same re
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .models import ProgressReporter
+from .models import JobInputError, ProgressReporter
 
 MAX_ROWS = 1_000_000
 MAX_SIMULATE_SECONDS = 60.0
@@ -37,7 +37,10 @@ def row_amount(index: int) -> int:
 
 
 def build_report(params: dict[str, Any], report_progress: ProgressReporter) -> dict[str, Any]:
-    request = ReportParams.model_validate(params)
+    try:
+        request = ReportParams.model_validate(params)
+    except ValidationError as exc:
+        raise JobInputError(str(exc)) from exc
     batch_size = -(-request.rows // BATCHES)  # ceiling division
     pause = request.simulate_seconds / -(-request.rows // batch_size)
     total = 0

@@ -1,0 +1,287 @@
+"""Error reports, received by a Sentry stand-in of the test's own on loopback: what is
+reported (a 500, a failed job), with which request id, what is not (4xx, a 503, a job
+refusing its params), and that no credential leaves the process."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sentry_sdk
+from fastapi import APIRouter, FastAPI, Response
+from starlette.testclient import TestClient
+
+from {{ cookiecutter.package_name }}.api import dependencies
+from {{ cookiecutter.package_name }}.factory import create_app
+from {{ cookiecutter.package_name }}.jobs import registry
+from {{ cookiecutter.package_name }}.jobs.models import ProgressReporter
+{%- if cookiecutter.job_backend == "celery" %}
+from tests.celery_processes import RedisServer, running_worker
+{%- endif %}
+from tests.probes import Recorder, probe_router
+from tests.support import (
+    AUTH_HEADERS,
+    PACKAGE,
+    free_port,
+    make_settings,
+    wait_until,
+    with_source_on_path,
+)
+
+# A credential every request of these tests carries. With bearer auth it is the real
+# token; without, a client's header the service ignores: neither may be reported.
+CREDENTIALS = AUTH_HEADERS or {"Authorization": "Bearer a-client-credential-0123456789"}
+COOKIE_VALUE = "session-cookie-value-0123456789"
+SECRETS = [
+    *(value.split()[-1] for value in CREDENTIALS.values()),
+    COOKIE_VALUE,
+]
+
+
+class EnvelopeSink:
+    """Takes Sentry envelopes at `POST /api/<project id>/envelope/`, as Sentry does,
+    and keeps each request body as it arrived (after gzip, if any)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                encoding = self.headers.get("Content-Encoding")
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                else:
+                    assert encoding is None, f"cannot read a {encoding} body"
+                if self.path.startswith("/api/1/envelope/"):
+                    sink.bodies.append(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def dsn(self) -> str:
+        return f"http://publickey@127.0.0.1:{self.server.server_address[1]}/1"
+
+    def events(self) -> list[dict[str, Any]]:
+        """The error events of every envelope so far (not client reports and the like)."""
+        return [
+            payload
+            for body in list(self.bodies)
+            for item_type, payload in envelope_items(body)
+            if item_type == "event"
+        ]
+
+    def tagged(self, request_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.events() if e.get("tags", {}).get("request_id") == request_id]
+
+
+def envelope_items(body: bytes) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(type, payload) of each item: the envelope is a header line, then for each item
+    a header line and a payload of `length` bytes, or up to the next newline."""
+    _, _, rest = body.partition(b"\n")
+    while rest.strip():
+        header_line, _, rest = rest.partition(b"\n")
+        header = json.loads(header_line)
+        if "length" in header:
+            payload, rest = rest[: header["length"]], rest[header["length"] + 1 :]
+        else:
+            payload, _, rest = rest.partition(b"\n")
+        yield header["type"], json.loads(payload) if payload.startswith(b"{") else {}
+
+
+@pytest.fixture
+def sink() -> Iterator[EnvelopeSink]:
+    receiver = EnvelopeSink()
+    receiver.thread.start()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+def assert_no_secret_in(sink: EnvelopeSink) -> None:
+    for body in sink.bodies:
+        for secret in SECRETS:
+            assert secret.encode() not in body, f"{secret!r} was reported"
+
+
+def explode(params: dict[str, Any], report_progress: ProgressReporter) -> dict[str, Any]:
+    raise RuntimeError("the job broke")
+
+
+def job_router() -> APIRouter:
+    """Submits any registered job with the request's params, as a route of the service
+    would."""
+    router = APIRouter()
+
+    @router.post("/test/jobs/{name}", status_code=202)
+    async def submit(
+        name: str, params: dict[str, Any], jobs: dependencies.JobQueueDep, response: Response
+    ) -> dict[str, str]:
+        job_id = await jobs.submit(name, params)
+        response.headers["Location"] = f"/jobs/{job_id}"
+        return {"id": job_id}
+
+    return router
+
+
+@pytest.fixture
+def jobs_with_a_broken_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry.JOBS, "explode", explode)
+
+
+def reporting_app(sink: EnvelopeSink, **settings: Any) -> FastAPI:
+    app = create_app(make_settings(sentry_dsn=sink.dsn, **settings))
+    app.include_router(probe_router(Recorder()))
+    app.include_router(job_router())
+    return app
+
+
+@pytest.fixture
+def reporting(sink: EnvelopeSink) -> Iterator[None]:
+    """sentry_sdk's client is process-wide: closed after the test, so that no other
+    test reports to a sink that is gone."""
+    yield
+    sentry_sdk.get_client().close(timeout=2)
+    sentry_sdk.get_global_scope().set_client(None)
+
+
+def client_for(app: FastAPI) -> TestClient:
+    return TestClient(
+        app,
+        headers={**CREDENTIALS, "Cookie": f"session={COOKIE_VALUE}"},
+        raise_server_exceptions=False,
+    )
+
+
+def finished(http: TestClient, job_id: str) -> dict[str, Any]:
+    def ended() -> dict[str, Any] | None:
+        state: dict[str, Any] = http.get(f"/jobs/{job_id}").json()
+        return state if state["status"] in ("succeeded", "failed") else None
+
+    state: dict[str, Any] = wait_until(ended, 20, f"job {job_id} to end")
+    return state
+
+
+@pytest.mark.usefixtures("reporting")
+def test_a_500_is_reported_with_its_request_id_and_no_credential(sink: EnvelopeSink) -> None:
+    with client_for(reporting_app(sink)) as http:
+        response = http.get("/probe/boom", params={"page": "2"})
+    assert response.status_code == 500
+    sentry_sdk.flush(timeout=5)
+    [event] = sink.events()
+    assert event["tags"]["request_id"] == response.headers["X-Request-ID"]
+    [exception] = event["exception"]["values"]
+    assert (exception["type"], exception["value"]) == ("RuntimeError", "probe failure")
+    assert event["request"]["method"] == "GET"
+    assert event["request"]["url"].endswith("/probe/boom")
+    assert event["request"]["headers"]["authorization"] == "[Filtered]"
+    assert_no_secret_in(sink)
+
+
+@pytest.mark.usefixtures("reporting", "jobs_with_a_broken_one")
+def test_expected_errors_are_not_reported(sink: EnvelopeSink) -> None:
+    """A 404, a 422 and a job that refuses its params are the client's mistakes; the one
+    500 at the end shows the reports were flowing all along."""
+    with client_for(reporting_app(sink)) as http:
+        assert http.get("/no-such-page").status_code == 404
+        assert http.post("/reports", json={"rows": "many"}).status_code == 422
+        {%- if cookiecutter.use_bearer_auth %}
+        assert http.get("/jobs/x", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        {%- endif %}
+        refused = http.post("/test/jobs/build_report", json={"rows": 0}).json()["id"]
+        assert finished(http, refused)["error"].startswith("JobInputError:")
+        assert http.get("/probe/boom").status_code == 500
+    sentry_sdk.flush(timeout=5)
+    assert [e["exception"]["values"][-1]["value"] for e in sink.events()] == ["probe failure"]
+
+
+@pytest.mark.usefixtures("reporting", "jobs_with_a_broken_one")
+def test_a_failed_in_process_job_is_reported_with_its_request_id(sink: EnvelopeSink) -> None:
+    with client_for(reporting_app(sink)) as http:
+        response = http.post("/test/jobs/explode", json={}, headers={"X-Request-ID": "job-1"})
+        assert finished(http, response.json()["id"])["status"] == "failed"
+    sentry_sdk.flush(timeout=5)
+    [event] = sink.tagged("job-1")
+    assert event["exception"]["values"][-1]["value"] == "the job broke"
+    assert_no_secret_in(sink)
+{%- if cookiecutter.job_backend == "celery" %}
+
+
+@pytest.mark.usefixtures("reporting")
+def test_the_503_of_a_redis_that_is_down_is_not_reported(sink: EnvelopeSink) -> None:
+    app = reporting_app(sink, jobs_backend="celery", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with client_for(app) as http:
+        assert http.post("/reports", json={"rows": 1}).status_code == 503
+        assert http.get("/probe/boom").status_code == 500
+    sentry_sdk.flush(timeout=5)
+    assert [e["exception"]["values"][-1]["value"] for e in sink.events()] == ["probe failure"]
+
+
+@pytest.mark.usefixtures("jobs_with_a_broken_one")
+def test_a_job_that_fails_in_a_prefork_worker_is_reported_with_its_request_id(
+    sink: EnvelopeSink, private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The worker reports from its pool process (sentry_sdk set up at import, before
+    the fork). This worker has no job `explode`, as after a deploy that updated only the
+    API: a real failure. A job refusing its params is not reported."""
+    app = create_app(make_settings(jobs_backend="celery", redis_url=private_redis.url))
+    app.include_router(job_router())
+    env = {"SENTRY_DSN": sink.dsn}
+    with (
+        running_worker(private_redis.url, "reporting", tmp_path, env) as worker,
+        client_for(app) as http,
+    ):
+        refused = http.post(
+            "/test/jobs/build_report", json={"rows": 0}, headers={"X-Request-ID": "job-refused"}
+        ).json()["id"]
+        broken = http.post(
+            "/test/jobs/explode", json={}, headers={"X-Request-ID": "job-broken"}
+        ).json()["id"]
+        assert finished(http, refused)["status"] == finished(http, broken)["status"] == "failed"
+        wait_until(lambda: sink.tagged("job-broken"), 15, "the worker's report")
+        worker.stop()  # its pool process flushes what it still holds
+    [event] = sink.tagged("job-broken")
+    types = [exception["type"] for exception in event["exception"]["values"]]
+    assert types == ["UnknownJobError", "JobFailedError"]  # the cause, then what Celery saw
+    assert sink.tagged("job-refused") == []
+    assert_no_secret_in(sink)
+{%- endif %}
+
+
+def test_without_a_dsn_sentry_sdk_is_not_even_imported(tmp_path: Path) -> None:
+    modules = [f"{PACKAGE}.main"{% if cookiecutter.job_backend == "celery" %}, f"{PACKAGE}.worker"{% endif %}]
+    code = f"import sys, {', '.join(modules)}; print('sentry_sdk' in sys.modules)"
+    environment = {
+        **with_source_on_path(os.environ),
+        "JOBS_BACKEND": "inprocess",
+        {%- if cookiecutter.use_bearer_auth %}
+        "API_TOKEN": CREDENTIALS["Authorization"].split()[-1],
+        {%- endif %}
+    }
+    environment.pop("SENTRY_DSN", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=environment,
+        cwd=tmp_path,  # no developer `.env`
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "False", done.stderr
