@@ -33,7 +33,13 @@ VARIANTS = {
     "generated_app_no_mw": ("generated app with its middleware list emptied", "WARNING"),
     "generated_stack": ("generated app, log level WARNING", "WARNING"),
     "generated_stack_info_logging": ("generated app, INFO: one JSON access line", "INFO"),
+    # Error reporting (issue 9): sentry_sdk instruments Starlette once SENTRY_DSN is set.
+    # Its own process here, as every variant: the instrumentation is process-wide.
+    "generated_stack_sentry": ("generated app, WARNING, SENTRY_DSN set", "WARNING"),
+    "generated_stack_sentry_info_logging": ("generated app, INFO, SENTRY_DSN set", "INFO"),
 }
+# Never reached: a 200 sends no report, and nothing listens on port 9 (discard).
+BENCH_SENTRY_DSN = "http://benchmark@127.0.0.1:9/1"
 
 
 def child(project: Path, variant: str, requests: int) -> None:
@@ -43,7 +49,13 @@ def child(project: Path, variant: str, requests: int) -> None:
     if variant == "bare":
         app = bare_app()
     else:
-        app = generated.factory.create_app(generated.settings_for(log_level))
+        settings = generated.settings_for(log_level)
+        if variant.startswith("generated_stack_sentry"):
+            if "sentry_dsn" not in type(settings).model_fields:
+                raise SystemExit("this bake has no SENTRY_DSN setting")
+            values = {**settings.model_dump(), "sentry_dsn": BENCH_SENTRY_DSN}
+            settings = type(settings)(_env_file=None, **values)
+        app = generated.factory.create_app(settings)
         if variant == "generated_app_no_mw":
             app.outer_middleware = []
     generated.logs.configure_logging(log_level, "json", stream=open(os.devnull, "w"))  # noqa: SIM115

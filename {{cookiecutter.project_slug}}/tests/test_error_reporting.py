@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import sentry_sdk
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Response
 from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.api import dependencies
@@ -137,6 +137,11 @@ def job_router() -> APIRouter:
         response.headers["Location"] = f"/jobs/{job_id}"
         return {"id": job_id}
 
+    @router.get("/test/unavailable")
+    async def unavailable() -> None:
+        # What a route may raise while a dependency of its own is down.
+        raise HTTPException(503, "a dependency is down")
+
     return router
 
 
@@ -196,11 +201,12 @@ def test_a_500_is_reported_with_its_request_id_and_no_credential(sink: EnvelopeS
 
 @pytest.mark.usefixtures("reporting", "jobs_with_a_broken_one")
 def test_expected_errors_are_not_reported(sink: EnvelopeSink) -> None:
-    """A 404, a 422 and a job that refuses its params are the client's mistakes; the one
-    500 at the end shows the reports were flowing all along."""
+    """A 404, a 422 and a job that refuses its params are the client's mistakes, a 503 an
+    outage; the one 500 at the end shows the reports were flowing all along."""
     with client_for(reporting_app(sink)) as http:
         assert http.get("/no-such-page").status_code == 404
         assert http.post("/reports", json={"rows": "many"}).status_code == 422
+        assert http.get("/test/unavailable").status_code == 503
         {%- if cookiecutter.use_bearer_auth %}
         assert http.get("/jobs/x", headers={"Authorization": "Bearer wrong"}).status_code == 401
         {%- endif %}
