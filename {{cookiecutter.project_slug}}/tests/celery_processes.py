@@ -104,6 +104,7 @@ class WorkerProcess:
         workdir: Path,
         env: dict[str, str] | None = None,
         concurrency: int = 1,
+        include: str | None = None,
     ) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
@@ -113,6 +114,10 @@ class WorkerProcess:
             "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
             "--without-gossip", "--without-mingle", "--loglevel", "INFO",
         ]  # fmt: skip
+        if include is not None:
+            # More modules for the worker to import, e.g. jobs of the tests' own (with the
+            # project root on PYTHONPATH, for `tests.`).
+            command += ["--include", include]
         environment = {
             **with_source_on_path(os.environ),
             "REDIS_URL": redis_url,
@@ -174,9 +179,10 @@ def running_worker(
     workdir: Path,
     env: dict[str, str] | None = None,
     concurrency: int = 1,
+    include: str | None = None,
 ) -> Iterator[WorkerProcess]:
     """A started worker, stopped on the way out whatever happens (a killed one too)."""
-    worker = WorkerProcess(redis_url, name, workdir, env, concurrency)
+    worker = WorkerProcess(redis_url, name, workdir, env, concurrency, include)
     try:
         worker.wait_ready()
         yield worker

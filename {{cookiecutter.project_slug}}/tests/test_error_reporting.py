@@ -20,8 +20,7 @@ from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.api import dependencies
 from {{ cookiecutter.package_name }}.factory import create_app
-from {{ cookiecutter.package_name }}.jobs import registry
-from {{ cookiecutter.package_name }}.jobs.models import ProgressReporter
+from tests import failing_jobs
 {%- if cookiecutter.job_backend == "celery" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
@@ -29,7 +28,12 @@ from tests.probes import Recorder, probe_router
 from tests.support import (
     AUTH_HEADERS,
     PACKAGE,
+    {%- if cookiecutter.job_backend == "celery" %}
+    SOURCE_ROOT,
+    {%- endif %}
+    {%- if cookiecutter.job_backend == "celery" %}
     free_port,
+    {%- endif %}
     make_settings,
     wait_until,
     with_source_on_path,
@@ -120,8 +124,7 @@ def assert_no_secret_in(sink: EnvelopeSink) -> None:
             assert secret.encode() not in body, f"{secret!r} was reported"
 
 
-def explode(params: dict[str, Any], report_progress: ProgressReporter) -> dict[str, Any]:
-    raise RuntimeError("the job broke")
+EXPLODE = f"/test/jobs/{failing_jobs.explode.__name__}"
 
 
 def job_router() -> APIRouter:
@@ -143,11 +146,6 @@ def job_router() -> APIRouter:
         raise HTTPException(503, "a dependency is down")
 
     return router
-
-
-@pytest.fixture
-def jobs_with_a_broken_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(registry.JOBS, "explode", explode)
 
 
 def reporting_app(sink: EnvelopeSink, **settings: Any) -> FastAPI:
@@ -199,7 +197,7 @@ def test_a_500_is_reported_with_its_request_id_and_no_credential(sink: EnvelopeS
     assert_no_secret_in(sink)
 
 
-@pytest.mark.usefixtures("reporting", "jobs_with_a_broken_one")
+@pytest.mark.usefixtures("reporting")
 def test_expected_errors_are_not_reported(sink: EnvelopeSink) -> None:
     """A 404, a 422 and a job that refuses its params are the client's mistakes, a 503 an
     outage; the one 500 at the end shows the reports were flowing all along."""
@@ -217,10 +215,10 @@ def test_expected_errors_are_not_reported(sink: EnvelopeSink) -> None:
     assert [e["exception"]["values"][-1]["value"] for e in sink.events()] == ["probe failure"]
 
 
-@pytest.mark.usefixtures("reporting", "jobs_with_a_broken_one")
+@pytest.mark.usefixtures("reporting")
 def test_a_failed_in_process_job_is_reported_with_its_request_id(sink: EnvelopeSink) -> None:
     with client_for(reporting_app(sink)) as http:
-        response = http.post("/test/jobs/explode", json={}, headers={"X-Request-ID": "job-1"})
+        response = http.post(EXPLODE, json={}, headers={"X-Request-ID": "job-1"})
         assert finished(http, response.json()["id"])["status"] == "failed"
     sentry_sdk.flush(timeout=5)
     [event] = sink.tagged("job-1")
@@ -239,33 +237,46 @@ def test_the_503_of_a_redis_that_is_down_is_not_reported(sink: EnvelopeSink) -> 
     assert [e["exception"]["values"][-1]["value"] for e in sink.events()] == ["probe failure"]
 
 
-@pytest.mark.usefixtures("jobs_with_a_broken_one")
 def test_a_job_that_fails_in_a_prefork_worker_is_reported_with_its_request_id(
     sink: EnvelopeSink, private_redis: RedisServer, tmp_path: Path
 ) -> None:
     """The worker reports from its pool process (sentry_sdk set up at import, before
-    the fork). This worker has no job `explode`, as after a deploy that updated only the
-    API: a real failure. A job refusing its params is not reported."""
+    the fork). Not reported: a job refusing its params, and a retry that succeeds."""
     app = create_app(make_settings(jobs_backend="celery", redis_url=private_redis.url))
     app.include_router(job_router())
-    env = {"SENTRY_DSN": sink.dsn}
+    env = {
+        "SENTRY_DSN": sink.dsn,
+        # `tests.failing_jobs`, from the project root, beside the service's source.
+        "PYTHONPATH": os.pathsep.join([str(SOURCE_ROOT), str(SOURCE_ROOT.parent)]),
+    }
     with (
-        running_worker(private_redis.url, "reporting", tmp_path, env) as worker,
+        running_worker(
+            private_redis.url, "reporting", tmp_path, env, include=failing_jobs.__name__
+        ) as worker,
         client_for(app) as http,
     ):
-        refused = http.post(
-            "/test/jobs/build_report", json={"rows": 0}, headers={"X-Request-ID": "job-refused"}
-        ).json()["id"]
-        broken = http.post(
-            "/test/jobs/explode", json={}, headers={"X-Request-ID": "job-broken"}
-        ).json()["id"]
+
+        def submit(name: str, request_id: str, **params: Any) -> str:
+            response = http.post(
+                f"/test/jobs/{name}", json=params, headers={"X-Request-ID": request_id}
+            )
+            job_id: str = response.json()["id"]
+            return job_id
+
+        refused = submit("build_report", "job-refused", rows=0)
+        retried = submit(
+            failing_jobs.fails_once.__name__, "job-retried", marker=str(tmp_path / "m")
+        )
+        broken = submit(failing_jobs.explode.__name__, "job-broken")
         assert finished(http, refused)["status"] == finished(http, broken)["status"] == "failed"
+        assert finished(http, retried)["status"] == "succeeded"
         wait_until(lambda: sink.tagged("job-broken"), 15, "the worker's report")
         worker.stop()  # its pool process flushes what it still holds
     [event] = sink.tagged("job-broken")
     types = [exception["type"] for exception in event["exception"]["values"]]
-    assert types == ["UnknownJobError", "JobFailedError"]  # the cause, then what Celery saw
-    assert sink.tagged("job-refused") == []
+    assert types == ["RuntimeError", "JobFailedError"]  # the cause, then what Celery saw
+    assert event["exception"]["values"][0]["value"] == "the job broke"
+    assert sink.tagged("job-refused") == sink.tagged("job-retried") == []
     assert_no_secret_in(sink)
 {%- endif %}
 
