@@ -1,5 +1,5 @@
-"""Jobs that fail, for the error-reporting tests, registered on import: by the tests,
-and by a worker started with `--include tests.failing_jobs`."""
+"""Jobs that fail, for the error-reporting tests, registered on import{% if cookiecutter.job_backend == "celery" %}: by the tests,
+and by a worker started with `--include tests.failing_jobs`{% endif %}."""
 
 from pathlib import Path
 from typing import Any

@@ -39,9 +39,13 @@ from tests.support import (
     with_source_on_path,
 )
 
-# A credential every request of these tests carries. With bearer auth it is the real
-# token; without, a client's header the service ignores: neither may be reported.
-CREDENTIALS = AUTH_HEADERS or {"Authorization": "Bearer a-client-credential-0123456789"}
+{% if cookiecutter.use_bearer_auth -%}
+# The credential every request of these tests carries: the service's own token.
+CREDENTIALS = AUTH_HEADERS
+{%- else -%}
+# A credential every request of these tests carries, which this service ignores.
+CREDENTIALS = {**AUTH_HEADERS, "Authorization": "Basic YS1jbGllbnQ6MDEyMzQ1Njc4OQ=="}
+{%- endif %}
 COOKIE_VALUE = "session-cookie-value-0123456789"
 SECRETS = [
     *(value.split()[-1] for value in CREDENTIALS.values()),

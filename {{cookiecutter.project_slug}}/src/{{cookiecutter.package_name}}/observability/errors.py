@@ -16,7 +16,7 @@ Each report carries the request id as the tag `request_id`, read when the report
 made: the same id as the response's X-Request-ID and every log line of the request
 or of its job. Secrets stay in the process: no request bodies, cookies or local
 variables are collected, credential headers are blanked, and any text holding a
-secret setting (API_TOKEN, a password in a URL) is replaced, wherever it appears.
+secret setting ({% if cookiecutter.use_bearer_auth %}API_TOKEN, {% endif %}a password in a URL) is replaced, wherever it appears.
 """
 
 from collections.abc import Mapping
@@ -74,8 +74,8 @@ def setup_error_reporting(settings: Settings{% if cookiecutter.job_backend == "c
     ]
     {%- if cookiecutter.job_backend == "celery" %}
     if celery_worker:
-        # No trace headers: the request id links a job's report to its request, and
-        # traces are OpenTelemetry's (the `use_opentelemetry` option).
+        # No trace headers in task messages: the request id links a job's report to
+        # its request.
         integrations.append(CeleryIntegration(propagate_traces=False))
     {%- endif %}
     # The access line as a breadcrumb says nothing the report does not (method, URL,
@@ -110,7 +110,7 @@ def setup_error_reporting(settings: Settings{% if cookiecutter.job_backend == "c
         # counts, which would cost every request.
         auto_session_tracking=False,
         # The integrations above and sentry_sdk's defaults (logging, threads, atexit...),
-        # not every library it finds installed (Redis commands as breadcrumbs...).
+        # not every library it finds installed (each database command as a breadcrumb...).
         auto_enabling_integrations=False,
         integrations=integrations,
         before_send=before_send,
@@ -146,8 +146,8 @@ def prepared_report(event: "Event", hint: "Hint", secrets: tuple[str, ...]) -> "
     request_id = request_id_var.get()
     if request_id is not None:
         event.setdefault("tags", {})["request_id"] = request_id
-    # Tracing (use_opentelemetry): the trace id joins the request id here, as the tag
-    # `trace_id`, from the current span when the report is made.
+    # Where the service traces requests, the current span's trace id joins the request
+    # id here, as the tag `trace_id`.
     request = event.get("request")
     if isinstance(request, dict):
         request.pop("cookies", None)
