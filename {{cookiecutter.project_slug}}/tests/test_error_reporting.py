@@ -245,7 +245,8 @@ def test_a_job_that_fails_in_a_prefork_worker_is_reported_with_its_request_id(
     sink: EnvelopeSink, private_redis: RedisServer, tmp_path: Path
 ) -> None:
     """The worker reports from its pool process (sentry_sdk set up at import, before
-    the fork). Not reported: a job refusing its params, and a retry that succeeds."""
+    the fork). Not reported: a job refusing its params, a retry that succeeds, and the
+    worker's trouble reaching Redis while it is down."""
     app = create_app(make_settings(jobs_backend="celery", redis_url=private_redis.url))
     app.include_router(job_router())
     env = {
@@ -275,7 +276,13 @@ def test_a_job_that_fails_in_a_prefork_worker_is_reported_with_its_request_id(
         assert finished(http, refused)["status"] == finished(http, broken)["status"] == "failed"
         assert finished(http, retried)["status"] == "succeeded"
         wait_until(lambda: sink.tagged("job-broken"), 15, "the worker's report")
-        worker.stop()  # its pool process flushes what it still holds
+        private_redis.stop()
+        wait_until(
+            lambda: any("Cannot connect" in m for m in worker.messages()), 15, "a failed reconnect"
+        )
+        private_redis.start()
+        worker.stop()  # its processes flush what they still hold
+    assert len(sink.events()) == 1
     [event] = sink.tagged("job-broken")
     types = [exception["type"] for exception in event["exception"]["values"]]
     assert types == ["RuntimeError", "JobFailedError"]  # the cause, then what Celery saw
