@@ -16,7 +16,10 @@ A token whose key is not cached while the issuer is unreachable gets 503: the cl
 did nothing wrong.
 """
 
+import base64
+import binascii
 import json
+import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -33,6 +36,7 @@ WEBSOCKET_POLICY_VIOLATION = 1008
 WEBSOCKET_TRY_AGAIN_LATER = 1013
 REQUIRED_CLAIMS = ("exp", "iss", "aud", "sub")
 RETRY_AFTER_SECONDS = b"5"
+BASE64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
 
 # Each failure's `error_description`: short, fixed, never the library's text.
 FAILURES: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
@@ -77,6 +81,22 @@ def granted_scopes(claims: Mapping[str, Any]) -> list[str]:
         if isinstance(value, list):
             return [item for item in value if isinstance(item, str)]
     return []
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    """The token's JOSE header, to pick the key: read here rather than with
+    `jwt.get_unverified_header`, which decodes (and checks character by character, in
+    Python) all three parts, as `decode` then does again: about 25 us a token."""
+    segment, dot, _ = token.partition(".")
+    if not dot or not BASE64URL_RE.fullmatch(segment):
+        raise jwt.DecodeError
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError):
+        raise jwt.DecodeError from None
+    if not isinstance(header, dict):
+        raise jwt.DecodeError
+    return header
 
 
 def describe(error: jwt.PyJWTError) -> str:
@@ -124,7 +144,7 @@ class JwtAuthMiddleware:
             await self.reject(scope, receive, send, None)
             return
         try:
-            header = jwt.get_unverified_header(token)
+            header = unverified_header(token)
             kid = header.get("kid")
             if header.get("alg") not in self.algorithms:
                 raise jwt.InvalidAlgorithmError
