@@ -320,9 +320,11 @@ AUTHS = ("none", "token", "jwt")
 
 
 def test_dependencies_to_remove() -> None:
-    assert POST.dependencies_to_remove(GOOD_ANSWERS) == []
+    # The defaults: Celery, no auth (so no JWT library).
+    assert POST.dependencies_to_remove(GOOD_ANSWERS) == ["pyjwt"]
+    assert POST.dependencies_to_remove(answers(auth="jwt")) == []
     removed = POST.dependencies_to_remove(answers(job_backend="inprocess"))
-    assert sorted(removed) == ["celery", "celery-types", "redis"]
+    assert sorted(removed) == ["celery", "celery-types", "pyjwt", "redis"]
 
 
 SAMPLE_PYPROJECT = """\
@@ -641,9 +643,10 @@ def test_env_file_is_created_owner_only_not_narrowed_afterwards(
     project = tmp_path / "project"
     project.mkdir()
     (project / "pyproject.toml").write_text('dependencies = [\n    "fastapi",\n]\n')
-    for removed in (".gitlab-ci.yml", "renovate.json"):  # what the chosen ci_provider removes
-        (project / removed).write_text("")
     chosen = answers(auth="token", job_backend="celery", ci_provider="github")
+    for removed in POST.paths_to_remove(chosen):  # what the unchosen features own
+        (project / removed).parent.mkdir(parents=True, exist_ok=True)
+        (project / removed).write_text("")
     locks = project / POST.LOCKS_DIR  # the hook keeps the chosen answers' lock
     locks.mkdir()
     (locks / POST.lock_name(chosen)).write_text("")
