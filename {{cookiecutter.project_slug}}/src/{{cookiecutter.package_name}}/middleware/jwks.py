@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from jwt import PyJWK, PyJWTError
@@ -67,20 +67,14 @@ class JwksCache:
         issuer: str,
         jwks_url: str | None,
         min_refresh_seconds: float,
-        fetch: Callable[[str], Any] = fetch_json,
     ) -> None:
         self.issuer = issuer
         self.jwks_url = jwks_url
         self.min_refresh_seconds = min_refresh_seconds
-        self.fetch = fetch
         self.keys: dict[str, PyJWK] = {}
-        self.fetches = 0
         self._last_attempt: float | None = None
         self._last_failed = False
         self._refreshing: asyncio.Task[None] | None = None
-
-    def cached(self, kid: str) -> PyJWK | None:
-        return self.keys.get(kid)
 
     async def warm_up(self) -> None:
         """Fetch the keys now (at start-up); a failure is only logged."""
@@ -124,7 +118,6 @@ class JwksCache:
 
     async def _refresh(self) -> None:
         self._last_attempt = time.monotonic()
-        self.fetches += 1
         try:
             keys = await asyncio.to_thread(self._fetch_keys)
         except Exception as exc:  # any failure: the issuer is unavailable
@@ -138,12 +131,12 @@ class JwksCache:
 
     def _fetch_keys(self) -> dict[str, PyJWK]:
         if self.jwks_url is None:
-            discovery = self.fetch(self.issuer.rstrip("/") + DISCOVERY_PATH)
+            discovery = fetch_json(self.issuer.rstrip("/") + DISCOVERY_PATH)
             jwks_uri = discovery.get("jwks_uri") if isinstance(discovery, Mapping) else None
             if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
                 raise ValueError("the discovery document names no jwks_uri")
             self.jwks_url = jwks_uri
-        keys = usable_keys(self.fetch(self.jwks_url))
+        keys = usable_keys(fetch_json(self.jwks_url))
         if not keys:  # keep the keys we have rather than trust an empty or broken set
             raise ValueError("the JWKS holds no usable signing key")
         return keys
