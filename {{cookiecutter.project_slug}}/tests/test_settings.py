@@ -76,11 +76,10 @@ def test_the_api_refuses_to_start_without_a_good_token(token: str | None, reason
     [("jwt_issuer", "JWT_ISSUER is not set"), ("jwt_audience", "JWT_AUDIENCE is not set")],
 )
 def test_the_api_refuses_to_start_without_an_issuer_and_audience(missing: str, reason: str) -> None:
-    from {{ cookiecutter.package_name }}.factory import create_app
-    from {{ cookiecutter.package_name }}.settings import SettingsError
+    from {{ cookiecutter.package_name }} import factory, settings
 
-    with pytest.raises(SettingsError, match=reason):
-        create_app(make_settings(**{missing: None}))
+    with pytest.raises(settings.SettingsError, match=reason):
+        factory.create_app(make_settings(**{missing: None}))
 
 
 def test_the_algorithms_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
