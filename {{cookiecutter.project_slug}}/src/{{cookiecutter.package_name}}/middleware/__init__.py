@@ -31,11 +31,11 @@ from .jwt_auth import JwtAuthMiddleware
 # Open without credentials: the health checks, for load balancers and orchestrators,
 # and the docs (while DOCS_ENABLED), for people, who authorize inside them.
 HEALTH_PATHS = ("/health/live", "/health/ready")
-DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+OPEN_DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 
 def public_paths(settings: Settings) -> tuple[str, ...]:
-    return HEALTH_PATHS + (DOCS_PATHS if settings.docs_enabled else ())
+    return HEALTH_PATHS + (OPEN_DOCS_PATHS if settings.docs_enabled else ())
 {%- endif %}
 
 
