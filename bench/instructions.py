@@ -1,7 +1,8 @@
 """Instructions per request, counted by valgrind's callgrind: a measure of the app's own
 work that a busy machine cannot sway (the same count run after run, whatever else runs).
 
-Run from the repository root with a project baked with `job_backend=inprocess` and an
+Run from the repository root with a project baked with `job_backend=inprocess` (and
+`auth=jwt` for the JWT rows, which are left out otherwise) and an
 interpreter that has its dependencies (see bench/middleware_cost.py), and `valgrind`
 on PATH (Debian: apt-get install valgrind):
 
@@ -26,10 +27,12 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from middleware_cost import bare_app, drive, import_generated, lifespan
+from middleware_cost import bare_app, drive, import_generated, jwt_bench, lifespan
 
 VARIANTS = {
     "bare": ("FastAPI, one route, no middleware", "WARNING"),
+    "jwt_layer": ("bare + the JWT layer, a valid RS256 token (key cached)", "WARNING"),
+    "rs256_verify_only": ("the RS256 signature check alone (cryptography), no request", "WARNING"),
     "generated_app_no_mw": ("generated app with its middleware list emptied", "WARNING"),
     "generated_stack": ("generated app, log level WARNING", "WARNING"),
     "generated_stack_info_logging": ("generated app, INFO: one JSON access line", "INFO"),
@@ -46,7 +49,23 @@ def child(project: Path, variant: str, requests: int) -> None:
     """Serve `requests` requests in-process; callgrind counts them (see the docstring)."""
     generated = import_generated(project)
     log_level = VARIANTS[variant][1]
-    if variant == "bare":
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    jwt_row = jwt_bench(generated) if variant in JWT_VARIANTS else None
+    if jwt_row is not None and variant == "rs256_verify_only":
+        verify = jwt_row.verify
+        verify()  # warm-up, not counted
+
+        def verified(_: int) -> int:
+            for _ in range(requests // 2):
+                verify()
+            return 0
+
+        sorted([0, 1], key=verified)  # `requests` checks in all, counted as the loops are
+        return
+    if jwt_row is not None:
+        app = jwt_row.build()
+        headers = jwt_row.headers
+    elif variant == "bare":
         app = bare_app()
     else:
         settings = generated.settings_for(log_level)
@@ -62,11 +81,11 @@ def child(project: Path, variant: str, requests: int) -> None:
 
     async def main() -> None:
         async with lifespan(app) as state:
-            await drive(app, state, 300)  # warm-up, not counted
+            await drive(app, state, 300, headers)  # warm-up, not counted
 
             def measured(_: int) -> int:
                 # Nothing here waits on I/O, so the coroutine runs to its end when sent.
-                coroutine = drive(app, state, requests // 2)
+                coroutine = drive(app, state, requests // 2, headers)
                 try:
                     while True:
                         coroutine.send(None)
@@ -76,6 +95,9 @@ def child(project: Path, variant: str, requests: int) -> None:
             sorted([0, 1], key=measured)
 
     asyncio.run(main())
+
+
+JWT_VARIANTS = ("jwt_layer", "rs256_verify_only")
 
 
 def count(project: Path, variant: str, requests: int, workdir: Path) -> int:
@@ -107,17 +129,20 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("needs valgrind on PATH (Debian/Ubuntu: apt-get install valgrind)", file=sys.stderr)
         return 2
+    project = args.project.resolve()
+    variants = [
+        v
+        for v in VARIANTS
+        if v not in JWT_VARIANTS or any(project.glob("src/*/middleware/jwt_auth.py"))
+    ]
     with (
         tempfile.TemporaryDirectory(prefix="instructions-") as workdir,
         ThreadPoolExecutor(3) as pool,
     ):
         counts = dict(
             zip(
-                VARIANTS,
-                pool.map(
-                    lambda v: count(args.project.resolve(), v, args.requests, Path(workdir)),
-                    VARIANTS,
-                ),
+                variants,
+                pool.map(lambda v: count(project, v, args.requests, Path(workdir)), variants),
                 strict=True,
             )
         )
@@ -130,8 +155,8 @@ def main() -> int:
             f"| {instructions - bare:+,} |"
         )
     print("\nVariants:\n")
-    for variant, (description, _) in VARIANTS.items():
-        print(f"- `{variant}`: {description}")
+    for variant in variants:
+        print(f"- `{variant}`: {VARIANTS[variant][0]}")
     return 0
 
 

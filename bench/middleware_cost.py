@@ -13,7 +13,7 @@ generated project's dependencies), in which case the script bakes the template i
 from its `src`; or bake a project, install it as its README says, and point the script
 at it with that project's own venv (cookiecutter is then not needed):
 
-    cookiecutter . --no-input job_backend=inprocess -o /tmp/bench-bake
+    cookiecutter . --no-input job_backend=inprocess auth=jwt -o /tmp/bench-bake
     cd /tmp/bench-bake/orders-service && python3.11 -m venv .venv \
         && .venv/bin/pip install -e ".[dev]" && cd -
     /tmp/bench-bake/orders-service/.venv/bin/python bench/middleware_cost.py \
@@ -76,6 +76,10 @@ TARGETS = (
     ("generated_stack_info_logging", 0.80, "the whole stack and its JSON access line"),
 )
 
+JWT_ISSUER = "http://127.0.0.1:9/bench-issuer"
+JWT_AUDIENCE = "bench-api"
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -98,9 +102,13 @@ class Generated:
 
     def settings_for(self, log_level: str) -> Any:
         options: dict[str, Any] = {"jobs_backend": "inprocess", "log_level": log_level}
-        if "api_token" in self.settings.Settings.model_fields:
-            # A project baked with bearer auth: /health/live stays public, the layer still runs.
+        fields = self.settings.Settings.model_fields
+        # A project baked with auth: /health/live stays public, the layer still runs.
+        if "api_token" in fields:  # auth=token
             options["api_token"] = "benchmark-token-" + "x" * 16
+        if "jwt_issuer" in fields:  # auth=jwt: an issuer that refuses (the row below needs none)
+            options["jwt_issuer"] = JWT_ISSUER
+            options["jwt_audience"] = JWT_AUDIENCE
         return self.settings.Settings(_env_file=None, log_format="json", **options)
 
 
@@ -178,6 +186,84 @@ class Variant:
     # Root log level while this variant runs: logging is configured per process, so it is
     # set again whenever this variant takes its turn.
     log_level: str = "WARNING"
+    headers: RawHeaders = ()  # sent on every request beside the usual ones
+
+
+# --------------------------------------------------------------------------- the JWT layer
+
+
+@dataclass(frozen=True)
+class JwtBench:
+    """The generated JWT layer (auth=jwt bakes) around the bare app, checking a valid
+    RS256 token on every request with its key cached: what a request pays for the layer
+    once the JWKS is fetched. `verify` is the RSA check alone, the floor of that cost."""
+
+    build: Callable[[], Any]
+    headers: RawHeaders
+    verify: Callable[[], None]
+
+
+def jwt_bench(generated: Generated) -> JwtBench | None:
+    try:
+        jwt_auth = importlib.import_module(f"{generated.package}.middleware.jwt_auth")
+        jwks = importlib.import_module(f"{generated.package}.middleware.jwks")
+    except ModuleNotFoundError:
+        return None
+    import jwt
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_jwk = {**jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key(), as_dict=True)}
+    public_jwk.update(kid="bench", alg="RS256", use="sig")
+    now = int(time.time())
+    claims = {
+        "iss": JWT_ISSUER,
+        "aud": JWT_AUDIENCE,
+        "sub": "bench-user",
+        "scope": "reports:write",
+        "iat": now,
+        "exp": now + 86_400,
+    }
+    token = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "bench"})
+
+    def build() -> Any:
+        keys = jwks.JwksCache(issuer=JWT_ISSUER, jwks_url=None, min_refresh_seconds=3600)
+        keys.keys = jwks.usable_keys({"keys": [public_jwk]})
+        keys.warm_up = _no_fetch  # the key is cached: no issuer is contacted
+        return jwt_auth.JwtAuthMiddleware(
+            bare_app(),
+            keys,
+            issuer=JWT_ISSUER,
+            audience=JWT_AUDIENCE,
+            algorithms=("RS256", "ES256"),
+            leeway_seconds=30,
+            public_paths=(),  # /health/live is checked like any protected route
+        )
+
+    signing_input, _, signature = token.encode().rpartition(b".")
+    raw_signature = jwt.utils.base64url_decode(signature)
+    public_key = private.public_key()
+
+    def verify() -> None:
+        public_key.verify(raw_signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+
+    return JwtBench(build, ((b"authorization", b"Bearer " + token.encode()),), verify)
+
+
+async def _no_fetch() -> None:
+    return None
+
+
+def rsa_verify_us(bench: JwtBench, rounds: int = 7, calls: int = 500) -> float:
+    """Microseconds of CPU for one RS256 signature check alone, best of `rounds`."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        for _ in range(calls):
+            bench.verify()
+        best = min(best, (time.process_time() - started) / calls)
+    return best * 1e6
 
 
 def variants_for(generated: Generated, progress: Callable[[str], None]) -> list[Variant]:
@@ -207,6 +293,17 @@ def variants_for(generated: Generated, progress: Callable[[str], None]) -> list[
         )
     else:
         progress("the generated app has no `outer_middleware`: generated_app_no_mw left out")
+    if (jwt_row := jwt_bench(generated)) is not None:
+        variants.append(
+            Variant(
+                "jwt_layer",
+                "bare + the JWT layer, a valid RS256 token on every request (key cached)",
+                jwt_row.build,
+                headers=jwt_row.headers,
+            )
+        )
+    else:
+        progress("the project is not an auth=jwt bake: jwt_layer left out")
     return [
         *variants,
         Variant("generated_stack", "generated app, log level WARNING", generated_app("WARNING")),
@@ -228,7 +325,7 @@ class Timing:
     cpu: float  # seconds of this process's CPU time: blind to time spent descheduled
 
 
-def new_scope(lifespan_state: dict[str, Any]) -> Scope:
+def new_scope(lifespan_state: dict[str, Any], headers: RawHeaders = ()) -> Scope:
     """What uvicorn hands the app for `GET /health/live` from curl."""
     return {
         "type": "http",
@@ -246,12 +343,15 @@ def new_scope(lifespan_state: dict[str, Any]) -> Scope:
             (b"host", b"127.0.0.1:8000"),
             (b"user-agent", b"middleware-cost-bench"),
             (b"accept", b"*/*"),
+            *headers,
         ],
         "state": lifespan_state.copy(),
     }
 
 
-async def one_request(app: ASGIApp, lifespan_state: dict[str, Any]) -> tuple[int, bytes]:
+async def one_request(
+    app: ASGIApp, lifespan_state: dict[str, Any], headers: RawHeaders = ()
+) -> tuple[int, bytes]:
     status = 0
     body = b""
     request_sent = False
@@ -275,16 +375,18 @@ async def one_request(app: ASGIApp, lifespan_state: dict[str, Any]) -> tuple[int
             if not message.get("more_body", False):
                 response_done.set()
 
-    await app(new_scope(lifespan_state), receive, send)
+    await app(new_scope(lifespan_state, headers), receive, send)
     return status, body
 
 
-async def drive(app: ASGIApp, lifespan_state: dict[str, Any], requests: int) -> Timing:
+async def drive(
+    app: ASGIApp, lifespan_state: dict[str, Any], requests: int, headers: RawHeaders = ()
+) -> Timing:
     """Send `requests` requests one after another; return the time they took."""
     failures = 0
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(requests):
-        status, _body = await one_request(app, lifespan_state)
+        status, _body = await one_request(app, lifespan_state, headers)
         failures += status != 200
     timing = Timing(time.perf_counter() - wall, time.process_time() - cpu)
     if failures:
@@ -359,7 +461,7 @@ async def run_in_process(
             set_logging.current = ""  # create_app configured logging itself
             set_logging(m.variant.log_level)
             state = await stack.enter_async_context(lifespan(app))
-            status, body = await one_request(app, state)
+            status, body = await one_request(app, state, m.variant.headers)
             if status != 200 or body != EXPECTED_BODY:
                 raise RuntimeError(f"{m.variant.name}: {PATH} answered {status} {body!r}")
             apps.append((app, state))
@@ -370,7 +472,7 @@ async def run_in_process(
             set_logging(m.variant.log_level)
             batch, spent = 50, 0.0
             while spent < 0.3:
-                spent = (await drive(app, state, batch)).cpu
+                spent = (await drive(app, state, batch, m.variant.headers)).cpu
                 batch *= 2
             rate = batch / 2 / spent
             m.requests_per_slice = max(10, round(rate * slice_seconds))
@@ -387,7 +489,7 @@ async def run_in_process(
                 turns = list(enumerate(order))
                 for index, (m, (app, state)) in turns if turn % 2 == 0 else reversed(turns):
                     set_logging(m.variant.log_level)
-                    timing = await drive(app, state, m.requests_per_slice)
+                    timing = await drive(app, state, m.requests_per_slice, m.variant.headers)
                     wall[index] += timing.wall
                     cpu[index] += timing.cpu
                 turn += 1
@@ -447,8 +549,9 @@ def served(app: Any, loop: str) -> Iterator[int]:
         sock.close()
 
 
-def wrk_rate(port: int, seconds: int, connections: int) -> float:
-    result = run_wrk(port, Request("GET", PATH), seconds, connections)
+def wrk_rate(port: int, seconds: int, connections: int, headers: RawHeaders = ()) -> float:
+    text_headers = tuple((name.decode(), value.decode()) for name, value in headers)
+    result = run_wrk(port, Request("GET", PATH, headers=text_headers), seconds, connections)
     if result.unexpected or result.errors:
         raise RuntimeError(f"wrk saw {result.unexpected} non-2xx and {result.errors} errors")
     return result.per_second
@@ -470,8 +573,8 @@ def run_wrk_rounds(
             set_logging.current = ""
             set_logging(m.variant.log_level)
             with served(app, loop) as port:
-                wrk_rate(port, 1, connections)  # warm-up, not counted
-                m.wrk_rates.append(wrk_rate(port, seconds, connections))
+                wrk_rate(port, 1, connections, m.variant.headers)  # warm-up, not counted
+                m.wrk_rates.append(wrk_rate(port, seconds, connections, m.variant.headers))
         progress(f"wrk round {number + 1}/{rounds} done")
 
 
@@ -509,6 +612,7 @@ def report(
     package: str,
     source: str,
     with_wrk: bool,
+    rsa_us: float | None = None,
 ) -> str:
     bare = measured[0]
     assert bare.variant.name == "bare"
@@ -545,6 +649,14 @@ def report(
             row += f" {best_wrk:,.0f} | {best_wrk / max(bare.wrk_rates):.2f} |"
         lines.append(row)
     by_name = {m.variant.name: m for m in measured}
+    if "jwt_layer" in by_name and rsa_us is not None:
+        layer_us = 1e6 / max(by_name["jwt_layer"].cpu_rates) - 1e6 / bare_cpu
+        verdict = "met" if layer_us <= rsa_us * 1.10 else "**missed**"
+        lines += [
+            "",
+            f"JWT layer: {layer_us:+.1f} us a request over bare; the RS256 signature check "
+            f"alone costs {rsa_us:.1f} us (target: the layer at most 1.10 times it: {verdict}).",
+        ]
     lines += ["", "| target (CPU time, best round, vs bare) | measured | |", "|---|--:|---|"]
     for name, target, what in TARGETS:
         if name in by_name:
@@ -631,10 +743,12 @@ def main(argv: list[str] | None = None) -> int:
             project = args.project.resolve()
             source = f"from {project}"
         else:
-            source = f"baked from {args.template.resolve()} with job_backend=inprocess"
-            progress(f"baking {args.template} (job_backend=inprocess)")
+            # auth=jwt, for the JWT layer's row; /health/live stays public, so the other
+            # rows see the layer pass the request through.
+            source = f"baked from {args.template.resolve()} with job_backend=inprocess auth=jwt"
+            progress(f"baking {args.template} (job_backend=inprocess, auth=jwt)")
             project = bake(
-                args.template.resolve(), "inprocess", Path(workdir) / "bake", Path(workdir)
+                args.template.resolve(), "inprocess", Path(workdir) / "bake", Path(workdir), "jwt"
             )
         generated = import_generated(project)
         set_logging = LogSwitch(generated, sink)
@@ -658,7 +772,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.wrk_connections,
                 progress,
             )
-    print(report(measured, args.rounds, info, generated.package, source, args.wrk))
+    jwt_row = jwt_bench(generated)
+    rsa_us = rsa_verify_us(jwt_row) if jwt_row is not None else None
+    print(report(measured, args.rounds, info, generated.package, source, args.wrk, rsa_us))
     return 0
 
 

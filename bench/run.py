@@ -196,13 +196,14 @@ def cookiecutter_config(workdir: Path) -> Path:
     return config
 
 
-def bake(template: Path, backend: str, output: Path, workdir: Path) -> Path:
+def bake(template: Path, backend: str, output: Path, workdir: Path, auth: str = "none") -> Path:
+    """Bake with `job_backend=backend` and `auth=auth` (none, token or jwt)."""
     from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 
     project = cookiecutter(
         str(template),
         no_input=True,
-        extra_context={"job_backend": backend},
+        extra_context={"job_backend": backend, "auth": auth},
         output_dir=str(output),
         config_file=str(cookiecutter_config(workdir)),
     )

@@ -59,12 +59,28 @@ FEATURES: tuple[Feature, ...] = (
         dependencies=("celery", "redis", "celery-types"),
     ),
     Feature(
-        option="use_bearer_auth",
-        values=(True,),
+        option="auth",
+        values=("token",),
         paths=(
             "src/{package_name}/middleware/bearer_auth.py",
             "tests/test_bearer_auth.py",
         ),
+    ),
+    Feature(
+        option="auth",
+        values=("token", "jwt"),
+        paths=("src/{package_name}/api/security.py",),
+    ),
+    Feature(
+        option="auth",
+        values=("jwt",),
+        paths=(
+            "src/{package_name}/middleware/jwt_auth.py",
+            "src/{package_name}/middleware/jwks.py",
+            "tests/jwks_server.py",
+            "tests/test_jwt_auth.py",
+        ),
+        dependencies=("pyjwt",),
     ),
     Feature(option="ci_provider", values=("github",), paths=(".github",)),
     # GitLab has no Dependabot: Renovate updates pyproject.toml and uv.lock together.
@@ -156,7 +172,7 @@ def keep_lock(root: Path, answers: Mapping[str, Any]) -> None:
 def local_env_file(answers: Mapping[str, Any]) -> str | None:
     """The `.env` with fresh secrets, or None when the service needs none."""
     lines = []
-    if answers.get("use_bearer_auth") is True:
+    if answers.get("auth") == "token":
         lines.append(f"API_TOKEN={secrets.token_urlsafe(32)}")
     if answers.get("job_backend") == "celery":
         lines.append(f"FLOWER_PASSWORD={secrets.token_urlsafe(24)}")

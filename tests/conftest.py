@@ -135,8 +135,8 @@ class Case:
         return str(self.answers.get("job_backend", "celery"))
 
     @property
-    def bearer_auth(self) -> bool:
-        return self.answers.get("use_bearer_auth", False) is True
+    def auth(self) -> str:
+        return str(self.answers.get("auth", "none"))
 
 
 DEFAULT_SLUG = "orders-service"
@@ -144,12 +144,18 @@ DEFAULT_SLUG = "orders-service"
 CASES: tuple[Case, ...] = (
     *(
         Case(
-            id=f"{backend}-{'auth' if auth else 'noauth'}",
-            answers={"job_backend": backend, "use_bearer_auth": auth},
+            id=f"{backend}-{auth}",
+            answers={"job_backend": backend, "auth": auth},
             slug=DEFAULT_SLUG,
         )
-        for backend in ("celery", "inprocess")
-        for auth in (True, False)
+        for backend, auth in (
+            ("celery", "token"),
+            ("celery", "none"),
+            ("celery", "jwt"),  # the one Celery case auth=jwt adds
+            ("inprocess", "token"),
+            ("inprocess", "none"),
+            # inprocess x jwt: the long-name case below
+        )
     ),
     Case(
         id="long-name",
@@ -157,7 +163,8 @@ CASES: tuple[Case, ...] = (
             # 62 characters: long titles must not break wrapped lines, TOML or the slug.
             "project_name": "Northwind Logistics Realtime Shipment Tracking Gateway Service",
             "job_backend": "inprocess",
-            "use_bearer_auth": False,
+            # The JWT code must wrap under a long package name too.
+            "auth": "jwt",
             # The edge cases also cover the other choices of the remaining options.
             "ci_provider": "none",
             "license": "Proprietary",
@@ -169,7 +176,7 @@ CASES: tuple[Case, ...] = (
         answers={
             "project_name": "Café Ünïcode Service",
             "job_backend": "celery",
-            "use_bearer_auth": True,
+            "auth": "token",
             "ci_provider": "gitlab",
             "license": "BSD-3-Clause",
         },
@@ -181,7 +188,7 @@ CASES: tuple[Case, ...] = (
         answers={
             "project_name": "2FA Service",
             "job_backend": "celery",
-            "use_bearer_auth": False,
+            "auth": "none",
             "python_version": "3.13",
         },
         slug="2fa-service",
@@ -190,7 +197,7 @@ CASES: tuple[Case, ...] = (
 )
 
 # The answers whose dependency set is the largest: every other bake's is a subset.
-SUPERSET_ANSWERS: Mapping[str, Any] = {"job_backend": "celery", "use_bearer_auth": True}
+SUPERSET_ANSWERS: Mapping[str, Any] = {"job_backend": "celery", "auth": "jwt"}
 
 
 @dataclass(frozen=True)
@@ -226,7 +233,7 @@ def bakery(tmp_path_factory: pytest.TempPathFactory) -> Bakery:
 # --------------------------------------------------------------------------- reading bakes
 
 # The record of the answers (for `cruft update`) names every option with its value: a line
-# like `"use_bearer_auth": false,` records a choice, it implements nothing.
+# like `"auth": "none",` records a choice, it implements nothing.
 ANSWER_RECORD = Path(".cruft.json")
 OPTION_NAMES = frozenset(
     key

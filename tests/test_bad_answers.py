@@ -114,14 +114,14 @@ def test_derived_names_pass_the_hook_in_a_real_bake(
 
 
 def bearer_paths(project: Path, package_name: str) -> list[Path]:
-    feature = next(f for f in POST.FEATURES if f.option == "use_bearer_auth")
+    feature = next(f for f in POST.FEATURES if f.option == "auth" and f.values == ("token",))
     return [project / path.format(package_name=package_name) for path in feature.paths]
 
 
-@pytest.mark.parametrize("flag", ["false", "true"])
-def test_command_line_boolean(tmp_path: Path, flag: str) -> None:
-    """`use_bearer_auth=false` typed on the command line is a string; cookiecutter 2.7 must
-    turn it into a boolean, or a truthy "false" would switch the feature half on."""
+@pytest.mark.parametrize("choice", ["none", "token"])
+def test_command_line_auth_choice(tmp_path: Path, choice: str) -> None:
+    """`auth=token` typed on the command line picks the token files, `auth=none` none of
+    them (the choice replaced the boolean `use_bearer_auth`)."""
     args: list[str | Path] = [
         sys.executable,
         "-m",
@@ -132,18 +132,18 @@ def test_command_line_boolean(tmp_path: Path, flag: str) -> None:
         "-o",
         tmp_path,
         TEMPLATE_DIR,
-        f"use_bearer_auth={flag}",
+        f"auth={choice}",
         "job_backend=inprocess",
     ]
     ran = run(args, cwd=tmp_path, env=clean_env(), timeout=120)
     assert ran.ok, ran.report()
     project = tmp_path / "orders-service"
     paths = [*bearer_paths(project, "orders_service"), project / ".env"]
-    if flag == "true":
+    if choice == "token":
         missing = [str(path) for path in paths if not path.exists()]
         assert not missing, f"bearer-auth files missing: {missing}"
         return
     present = [str(path) for path in paths if path.exists()]
-    assert not present, f"bearer-auth files generated with use_bearer_auth=false: {present}"
+    assert not present, f"bearer-auth files generated with auth=none: {present}"
     found = mentions(project, project_files(project), re.compile(r"api_token|bearer", re.I))
-    assert not found, "bearer-auth traces with use_bearer_auth=false:\n" + "\n".join(found)
+    assert not found, "bearer-auth traces with auth=none:\n" + "\n".join(found)

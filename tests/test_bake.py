@@ -19,6 +19,7 @@ import yaml  # type: ignore[import-untyped]
 from conftest import (
     CASES,
     SUPERSET_ANSWERS,
+    TEMPLATE_DIR,
     Baked,
     Bakery,
     Case,
@@ -31,7 +32,10 @@ from conftest import (
 # Jinja left unrendered. GitHub Actions' `${{ ... }}` is legitimate output.
 LEFTOVER_RE = re.compile(r"(?<!\$)\{\{|\{%|\{#")
 CELERY_RE = re.compile(r"celery|redis", re.IGNORECASE)
-BEARER_RE = re.compile(r"api_token|bearer", re.IGNORECASE)
+# What each auth answer must not leave behind in a bake of another answer.
+ANY_AUTH_RE = re.compile(r"api_token|bearer|jwt|jwks", re.IGNORECASE)
+JWT_RE = re.compile(r"jwt|jwks|require_scopes", re.IGNORECASE)
+STATIC_TOKEN_RE = re.compile(r"api_token|bearer_auth|BearerAuthMiddleware|TokenHolder|fingerprint")
 REQUIREMENT_NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 MAX_LISTED = 40  # offending lines shown in a failure message
 
@@ -179,11 +183,32 @@ def test_inprocess_has_no_celery_or_redis(bakery: Bakery, case: Case) -> None:
     assert not found, "Celery/Redis traces in an inprocess bake:\n" + listing(found)
 
 
-@pytest.mark.parametrize("case", case_params(lambda case: not case.bearer_auth))
-def test_no_bearer_auth_traces(bakery: Bakery, case: Case) -> None:
+def auth_mentions(baked: Baked, pattern: re.Pattern[str]) -> list[str]:
+    """`mentions`, less the template's own location in `.cruft.json` (a checkout may sit
+    in a folder named after a branch, such as `jwt`)."""
+    location = str(TEMPLATE_DIR)
+    return [line for line in mentions(baked.path, baked.files, pattern) if location not in line]
+
+
+@pytest.mark.parametrize("case", case_params(lambda case: case.auth == "none"))
+def test_no_auth_traces_without_auth(bakery: Bakery, case: Case) -> None:
     baked = bakery.get(case)
-    found = mentions(baked.path, baked.files, BEARER_RE)
-    assert not found, "bearer-auth traces with use_bearer_auth=false:\n" + listing(found)
+    found = auth_mentions(baked, ANY_AUTH_RE)
+    assert not found, "auth traces with auth=none:\n" + listing(found)
+
+
+@pytest.mark.parametrize("case", case_params(lambda case: case.auth == "token"))
+def test_no_jwt_traces_with_token_auth(bakery: Bakery, case: Case) -> None:
+    baked = bakery.get(case)
+    found = auth_mentions(baked, JWT_RE)
+    assert not found, "JWT traces with auth=token:\n" + listing(found)
+
+
+@pytest.mark.parametrize("case", case_params(lambda case: case.auth == "jwt"))
+def test_no_static_token_traces_with_jwt_auth(bakery: Bakery, case: Case) -> None:
+    baked = bakery.get(case)
+    found = auth_mentions(baked, STATIC_TOKEN_RE)
+    assert not found, "static-token traces with auth=jwt:\n" + listing(found)
 
 
 def api_token(project: Path) -> str:
@@ -200,7 +225,7 @@ def api_token(project: Path) -> str:
     return tokens[0]
 
 
-@pytest.mark.parametrize("case", case_params(lambda case: case.bearer_auth))
+@pytest.mark.parametrize("case", case_params(lambda case: case.auth == "token"))
 def test_bearer_auth_env_file(bakery: Bakery, tmp_path: Path, case: Case) -> None:
     baked = bakery.get(case)
     token = api_token(baked.path)

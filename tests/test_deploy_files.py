@@ -158,7 +158,8 @@ def test_github_workflow_is_pinned_least_privilege_and_lints_clean(
     container = " ".join(step.get("run", "") for step in workflow["jobs"]["container"]["steps"])
     assert "docker compose build" in container
     assert "docker compose exec -T api python - < scripts/smoke.py" in container
-    assert "API_TOKEN" in container if case.bearer_auth else "API_TOKEN" not in container
+    assert ("API_TOKEN" in container) is (case.auth == "token")
+    assert ("JWT_ISSUER" in container) is (case.auth == "jwt")
     assert f'UV_VERSION: "{uv_version()}"' in workflow_path.read_text()
     dependabot = yaml.safe_load((root / ".github" / "dependabot.yml").read_text())
     ecosystems = {update["package-ecosystem"] for update in dependabot["updates"]}

@@ -268,15 +268,16 @@ ANSWER_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "inprocess-auth-proprietary": {
         "job_backend": "inprocess",
-        "use_bearer_auth": True,
+        "auth": "token",
         "license": "Proprietary",
     },
     "celery-auth-bsd": {
         "job_backend": "celery",
-        "use_bearer_auth": True,
+        "auth": "token",
         "license": "BSD-3-Clause",
     },
     "other-package": {"package_name": "billing", "job_backend": "inprocess"},
+    "celery-jwt": {"job_backend": "celery", "auth": "jwt"},
 }
 
 
@@ -301,17 +302,29 @@ def test_paths_to_remove_spot_checks() -> None:
     assert "src/billing/worker.py" in POST.paths_to_remove(answers(**ANSWER_SETS["other-package"]))
 
 
-def test_string_boolean_does_not_count_as_chosen() -> None:
-    """Only a real boolean switches a feature on; cookiecutter must deliver one."""
-    assert "tests/test_bearer_auth.py" in POST.paths_to_remove(answers(use_bearer_auth="true"))
-    env_text = POST.local_env_file(answers(use_bearer_auth="true")) or ""
-    assert "API_TOKEN" not in env_text
+def test_each_auth_choice_keeps_its_own_files_only() -> None:
+    token_files = {"src/orders_service/middleware/bearer_auth.py", "tests/test_bearer_auth.py"}
+    jwt_files = {"src/orders_service/middleware/jwt_auth.py", "tests/test_jwt_auth.py"}
+    shared = {"src/orders_service/api/security.py"}
+    removed = {choice: set(POST.paths_to_remove(answers(auth=choice))) for choice in AUTHS}
+    assert token_files | jwt_files | shared <= removed["none"]
+    assert jwt_files <= removed["token"]
+    assert not (token_files | shared) & removed["token"]
+    assert token_files <= removed["jwt"]
+    assert not (jwt_files | shared) & removed["jwt"]
+    assert "pyjwt" in POST.dependencies_to_remove(answers(auth="token"))
+    assert "pyjwt" not in POST.dependencies_to_remove(answers(auth="jwt"))
+
+
+AUTHS = ("none", "token", "jwt")
 
 
 def test_dependencies_to_remove() -> None:
-    assert POST.dependencies_to_remove(GOOD_ANSWERS) == []
+    # The defaults: Celery, no auth (so no JWT library).
+    assert POST.dependencies_to_remove(GOOD_ANSWERS) == ["pyjwt"]
+    assert POST.dependencies_to_remove(answers(auth="jwt")) == []
     removed = POST.dependencies_to_remove(answers(job_backend="inprocess"))
-    assert sorted(removed) == ["celery", "celery-types", "redis"]
+    assert sorted(removed) == ["celery", "celery-types", "pyjwt", "redis"]
 
 
 SAMPLE_PYPROJECT = """\
@@ -357,11 +370,12 @@ def env_values(text: str | None, name: str) -> list[str]:
 
 
 def test_local_env_file_without_secrets() -> None:
-    assert POST.local_env_file(answers(job_backend="inprocess", use_bearer_auth=False)) is None
+    assert POST.local_env_file(answers(job_backend="inprocess", auth="none")) is None
+    assert POST.local_env_file(answers(job_backend="inprocess", auth="jwt")) is None
 
 
 def test_local_env_file_has_a_fresh_api_token() -> None:
-    lean = answers(job_backend="inprocess", use_bearer_auth=True)
+    lean = answers(job_backend="inprocess", auth="token")
     tokens = [
         token for _ in range(2) for token in env_values(POST.local_env_file(lean), "API_TOKEN")
     ]
@@ -372,7 +386,7 @@ def test_local_env_file_has_a_fresh_api_token() -> None:
 
 def test_local_env_file_has_no_api_token_without_bearer_auth() -> None:
     for backend in ("celery", "inprocess"):
-        text = POST.local_env_file(answers(job_backend=backend, use_bearer_auth=False))
+        text = POST.local_env_file(answers(job_backend=backend, auth="none"))
         assert env_values(text, "API_TOKEN") == []
 
 
@@ -416,10 +430,10 @@ def test_project_name_length_is_capped() -> None:
 
 
 def test_local_env_file_has_a_flower_password_for_celery_only() -> None:
-    celery = POST.local_env_file({"job_backend": "celery", "use_bearer_auth": False})
+    celery = POST.local_env_file({"job_backend": "celery", "auth": "none"})
     assert celery is not None
     assert re.search(r"^FLOWER_PASSWORD=\S{24,}$", celery, flags=re.MULTILINE)
-    assert POST.local_env_file({"job_backend": "inprocess", "use_bearer_auth": False}) is None
+    assert POST.local_env_file({"job_backend": "inprocess", "auth": "none"}) is None
 
 
 def test_update_record_keeps_answers_and_drops_private_keys() -> None:
@@ -629,9 +643,10 @@ def test_env_file_is_created_owner_only_not_narrowed_afterwards(
     project = tmp_path / "project"
     project.mkdir()
     (project / "pyproject.toml").write_text('dependencies = [\n    "fastapi",\n]\n')
-    for removed in (".gitlab-ci.yml", "renovate.json"):  # what the chosen ci_provider removes
+    chosen = answers(auth="token", job_backend="celery", ci_provider="github")
+    for removed in POST.paths_to_remove(chosen):  # what the unchosen features own
+        (project / removed).parent.mkdir(parents=True, exist_ok=True)
         (project / removed).write_text("")
-    chosen = answers(use_bearer_auth=True, job_backend="celery", ci_provider="github")
     locks = project / POST.LOCKS_DIR  # the hook keeps the chosen answers' lock
     locks.mkdir()
     (locks / POST.lock_name(chosen)).write_text("")

@@ -5,14 +5,17 @@ job submitted to it is finished{% if cookiecutter.job_backend == "celery" %} by 
 
 CI runs it inside the API container, where only the standard library is installed:
 `docker compose exec -T api python - < scripts/smoke.py`.
-{%- if cookiecutter.use_bearer_auth %}
+{%- if cookiecutter.auth == "token" %}
 The bearer token comes from `API_TOKEN` in the environment.
+{%- elif cookiecutter.auth == "jwt" %}
+With a token of the identity provider in `SMOKE_JWT` (scope `reports:write`) it runs a
+job; without one it checks that the API refuses a request without a token.
 {%- endif %}
 Exit 0 when every step passed; otherwise one line says which step failed and why.
 """
 
 import json
-{%- if cookiecutter.use_bearer_auth %}
+{%- if cookiecutter.auth != "none" %}
 import os
 {%- endif %}
 import sys
@@ -32,8 +35,8 @@ class SmokeError(Exception):
 
 def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any, dict[str, str]]:
     headers = {"Accept": "application/json"}
-{%- if cookiecutter.use_bearer_auth %}
-    token = os.environ.get("API_TOKEN")
+{%- if cookiecutter.auth != "none" %}
+    token = os.environ.get("{{ "API_TOKEN" if cookiecutter.auth == "token" else "SMOKE_JWT" }}")
     if token:
         headers["Authorization"] = f"Bearer {token}"
 {%- endif %}
@@ -99,6 +102,14 @@ def main(argv: list[str]) -> int:
         print("live: GET /health/live answered 200")
         wait_for(base, "/health/ready", START_TIMEOUT)
         print("ready: GET /health/ready answered 200")
+        {%- if cookiecutter.auth == "jwt" %}
+        if not os.environ.get("SMOKE_JWT"):
+            status, payload, _ = call(base, "POST", "/reports", {"rows": 1})
+            if status != 401:
+                raise SmokeError(f"POST /reports without a token answered {status}: {payload}")
+            print("auth: POST /reports without a token answered 401 (set SMOKE_JWT to run a job)")
+            return 0
+        {%- endif %}
         job = run_job(base)
         print(f"job: {job['id']} succeeded with {json.dumps(job['result'])}")
     except SmokeError as error:

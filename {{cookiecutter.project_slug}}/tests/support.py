@@ -20,10 +20,20 @@ from starlette.types import ASGIApp
 import {{ cookiecutter.package_name }} as service_package
 from {{ cookiecutter.package_name }}.logs import configure_logging
 from {{ cookiecutter.package_name }}.settings import Settings
-{%- if cookiecutter.use_bearer_auth %}
+{%- if cookiecutter.auth == "jwt" %}
+from tests import jwks_server
+{%- endif %}
+{%- if cookiecutter.auth == "token" %}
 
 API_TOKEN = "test-token-0123456789abcdef"
 AUTH_HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
+{%- elif cookiecutter.auth == "jwt" %}
+
+# One identity provider for the whole session, serving its JWKS from a thread of this
+# process: every app and server the tests start checks tokens against it. Tests of the
+# key cache itself start issuers of their own (tests/test_jwt_auth.py).
+ISSUER = jwks_server.Issuer().start()
+AUTH_HEADERS = {"Authorization": f"Bearer {ISSUER.token()}"}
 {%- else %}
 
 AUTH_HEADERS: dict[str, str] = {}
@@ -53,8 +63,11 @@ def make_settings(**overrides: Any) -> Settings:
         "jobs_backend": "inprocess",
         "log_level": "DEBUG",
         "log_format": "json",
-        {%- if cookiecutter.use_bearer_auth %}
+        {%- if cookiecutter.auth == "token" %}
         "api_token": API_TOKEN,
+        {%- elif cookiecutter.auth == "jwt" %}
+        "jwt_issuer": ISSUER.url,
+        "jwt_audience": jwks_server.AUDIENCE,
         {%- endif %}
     }
     values.update(overrides)
@@ -175,8 +188,11 @@ def uvicorn_process(
     settings = {
         "JOBS_BACKEND": "inprocess",
         "LOG_FORMAT": "json",
-        {%- if cookiecutter.use_bearer_auth %}
+        {%- if cookiecutter.auth == "token" %}
         "API_TOKEN": API_TOKEN,
+        {%- elif cookiecutter.auth == "jwt" %}
+        "JWT_ISSUER": ISSUER.url,
+        "JWT_AUDIENCE": jwks_server.AUDIENCE,
         {%- endif %}
         **env,
     }

@@ -17,6 +17,10 @@ import redis
 
 from {{ cookiecutter.package_name }}.factory import create_app
 from {{ cookiecutter.package_name }}.jobs import celery_app
+{%- if cookiecutter.auth == "token" %}
+from {{ cookiecutter.package_name }}.middleware import bearer_auth
+from tests import support
+{%- endif %}
 from tests.celery_processes import RedisServer, WorkerProcess, redis_server, running_worker
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, wait_until
 
@@ -25,6 +29,13 @@ from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, 
 # second at this size.
 FAST_REDELIVERY = {"JOB_TIME_LIMIT_SECONDS": "4"}
 OUTAGE_BUDGET_SECONDS = 2.0
+{%- if cookiecutter.auth == "jwt" %}
+# Who AUTH_HEADERS' token names: the `sub` of tests/support.py's issuer's token.
+SUBJECT = "user-42"
+{%- elif cookiecutter.auth == "token" %}
+# Who AUTH_HEADERS' token names: its fingerprint, never the token.
+SUBJECT = bearer_auth.fingerprint(support.API_TOKEN)
+{%- endif %}
 
 
 def final_state(http: httpx.Client, job_id: str, timeout: float, what: str) -> dict[str, Any]:
@@ -210,7 +221,7 @@ def test_readiness_says_when_no_worker_answers(celery_api: httpx.Client) -> None
     }
 
 
-def test_the_request_id_reaches_every_log_line_the_worker_writes_for_the_task(
+def test_the_request_id{% if cookiecutter.auth != "none" %}_and_subject_reach{% else %}_reaches{% endif %}_every_log_line_the_worker_writes_for_the_task(
     private_redis: RedisServer, celery_api: httpx.Client, tmp_path: Path
 ) -> None:
     with running_worker(private_redis.url, "trace", tmp_path) as worker:
@@ -223,6 +234,9 @@ def test_the_request_id_reaches_every_log_line_the_worker_writes_for_the_task(
             r for r in worker.records() if job_id in r["message"] and "received" not in r["message"]
         ]
         assert {r["request_id"] for r in task_lines} == {"trace-worker"}, task_lines
+        {%- if cookiecutter.auth != "none" %}
+        assert {r.get("subject") for r in task_lines} == {SUBJECT}, task_lines
+        {%- endif %}
         messages = [r["message"] for r in task_lines]
         assert f"job {job_id} (build_report) started, attempt 1" in messages
         trace_line = f"Task {celery_app.RUN_JOB_TASK}[{job_id}] succeeded"

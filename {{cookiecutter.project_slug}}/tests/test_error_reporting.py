@@ -20,13 +20,16 @@ from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.api import dependencies
 from {{ cookiecutter.package_name }}.factory import create_app
-from tests import failing_jobs
+from tests import failing_jobs{% if cookiecutter.auth == "jwt" %}, jwks_server{% endif %}
 {%- if cookiecutter.job_backend == "celery" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
 from tests.probes import Recorder, probe_router
 from tests.support import (
     AUTH_HEADERS,
+    {%- if cookiecutter.auth == "jwt" %}
+    ISSUER,
+    {%- endif %}
     PACKAGE,
     {%- if cookiecutter.job_backend == "celery" %}
     SOURCE_ROOT,
@@ -39,8 +42,8 @@ from tests.support import (
     with_source_on_path,
 )
 
-{% if cookiecutter.use_bearer_auth -%}
-# The credential every request of these tests carries: the service's own token.
+{% if cookiecutter.auth != "none" -%}
+# The credential every request of these tests carries: the service's own {% if cookiecutter.auth == "jwt" %}JWT{% else %}token{% endif %}.
 CREDENTIALS = AUTH_HEADERS
 {%- else -%}
 # A credential every request of these tests carries, which this service ignores.
@@ -209,7 +212,7 @@ def test_expected_errors_are_not_reported(sink: EnvelopeSink) -> None:
         assert http.get("/no-such-page").status_code == 404
         assert http.post("/reports", json={"rows": "many"}).status_code == 422
         assert http.get("/test/unavailable").status_code == 503
-        {%- if cookiecutter.use_bearer_auth %}
+        {%- if cookiecutter.auth != "none" %}
         assert http.get("/jobs/x", headers={"Authorization": "Bearer wrong"}).status_code == 401
         {%- endif %}
         refused = http.post("/test/jobs/build_report", json={"rows": 0}).json()["id"]
@@ -298,8 +301,11 @@ def test_without_a_dsn_sentry_sdk_is_not_even_imported(tmp_path: Path) -> None:
     environment = {
         **with_source_on_path(os.environ),
         "JOBS_BACKEND": "inprocess",
-        {%- if cookiecutter.use_bearer_auth %}
+        {%- if cookiecutter.auth == "token" %}
         "API_TOKEN": CREDENTIALS["Authorization"].split()[-1],
+        {%- elif cookiecutter.auth == "jwt" %}
+        "JWT_ISSUER": ISSUER.url,
+        "JWT_AUDIENCE": jwks_server.AUDIENCE,
         {%- endif %}
     }
     environment.pop("SENTRY_DSN", None)

@@ -6,6 +6,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from {{ cookiecutter.package_name }}.factory import create_app
+from tests.support import AUTH_HEADERS, make_settings
+
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+
 
 @pytest.fixture
 def document(client: TestClient) -> dict[str, Any]:
@@ -66,12 +71,44 @@ def test_every_operation_declares_the_500_and_readiness_its_503(document: dict[s
         ready["503"]["content"]["application/json"]["schema"]
         == ready["200"]["content"]["application/json"]["schema"]
     )
-{%- if cookiecutter.use_bearer_auth %}
+{%- if cookiecutter.auth != "none" %}
 
 
-def test_every_protected_operation_declares_the_401(document: dict[str, Any]) -> None:
+def test_every_protected_operation_declares_the_bearer_scheme_and_its_errors(
+    document: dict[str, Any],
+) -> None:
+    """What gives /docs its Authorize button, and a generated client its 401{% if cookiecutter.auth == "jwt" %}/403{% endif %}."""
+    scheme = document["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            if not path.startswith("/health"):
-                assert "401" in operation["responses"], (method, path)
+            if path.startswith("/health"):
+                assert "security" not in operation, (method, path)
+                continue
+            assert "401" in operation["responses"], (method, path)
+            {%- if cookiecutter.auth == "jwt" %}
+            assert "403" in operation["responses"], (method, path)
+            {%- endif %}
+            assert [set(requirement) for requirement in operation["security"]] == [
+                {"bearerAuth"}
+            ], (method, path)
+{%- if cookiecutter.auth == "jwt" %}
+    assert document["paths"]["/reports"]["post"]["security"] == [{"bearerAuth": ["reports:write"]}]
 {%- endif %}
+
+
+def test_the_docs_are_served_without_a_token() -> None:
+    with TestClient(create_app(make_settings())) as anonymous:
+        for path in DOCS_PATHS:
+            assert anonymous.get(path).status_code == 200, path
+        assert anonymous.post("/reports", json={"rows": 1}).status_code == 401
+{%- endif %}
+
+
+def test_docs_disabled_serves_none_of_the_docs_paths() -> None:
+    """Not even to a caller with credentials: the pages and the document are gone."""
+    app = create_app(make_settings(docs_enabled=False))
+    with TestClient(app, headers=AUTH_HEADERS) as client:
+        for path in DOCS_PATHS:
+            assert client.get(path).status_code == 404, path
+        assert client.get("/health/live").status_code == 200

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from {{ cookiecutter.package_name }}.settings import Settings
-{%- if cookiecutter.job_backend == "celery" and cookiecutter.use_bearer_auth %}
+{%- if cookiecutter.job_backend == "celery" and cookiecutter.auth != "none" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
 from tests.support import PACKAGE, free_port, make_settings, with_source_on_path
@@ -39,12 +39,22 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("log_format", "xml"),
         ("log_level", "LOUD"),
         ("max_request_body_bytes", -1),
+        ("docs_enabled", "maybe"),
+        {%- if cookiecutter.auth == "jwt" %}
+        ("jwt_issuer", "ftp://issuer.example/"),
+        ("jwt_jwks_url", "file:///etc/passwd"),
+        ("jwt_algorithms", "RS256,HS256"),
+        ("jwt_algorithms", "none"),
+        ("jwt_algorithms", ""),
+        ("jwt_leeway_seconds", -1),
+        ("jwt_jwks_min_refresh_seconds", 0),
+        {%- endif %}
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(name: str, value: object) -> None:
     with pytest.raises(ValidationError, match=name):
         make_settings(**{name: value})
-{%- if cookiecutter.use_bearer_auth %}
+{%- if cookiecutter.auth == "token" %}
 
 
 @pytest.mark.parametrize(
@@ -57,6 +67,24 @@ def test_the_api_refuses_to_start_without_a_good_token(token: str | None, reason
 
     with pytest.raises(SettingsError, match=reason):
         create_app(make_settings(api_token=token))
+{%- endif %}
+{%- if cookiecutter.auth == "jwt" %}
+
+
+@pytest.mark.parametrize(
+    ("missing", "reason"),
+    [("jwt_issuer", "JWT_ISSUER is not set"), ("jwt_audience", "JWT_AUDIENCE is not set")],
+)
+def test_the_api_refuses_to_start_without_an_issuer_and_audience(missing: str, reason: str) -> None:
+    from {{ cookiecutter.package_name }} import factory, settings
+
+    with pytest.raises(settings.SettingsError, match=reason):
+        factory.create_app(make_settings(**{missing: None}))
+
+
+def test_the_algorithms_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JWT_ALGORITHMS", " ES256 , PS256")
+    assert Settings(_env_file=None).jwt_algorithms == ("ES256", "PS256")
 {%- endif %}
 
 
@@ -79,8 +107,13 @@ def serve_command() -> list[str]:
         ("LOG_LEVEL", "LOUD"),
         ("MAX_REQUEST_BODY_BYTES", "-1"),
         ("SENTRY_DSN", "https://8f2e1c@sentry.example.com/not-a-project"),
-        {%- if cookiecutter.use_bearer_auth %}
+        ("DOCS_ENABLED", "maybe"),
+        {%- if cookiecutter.auth == "token" %}
         ("API_TOKEN", "s3cret-short"),
+        {%- elif cookiecutter.auth == "jwt" %}
+        ("JWT_ALGORITHMS", "HS256"),
+        ("JWT_ISSUER", "ftp://issuer.example/"),
+        ("JWT_JWKS_MIN_REFRESH_SECONDS", "0"),
         {%- endif %}
     ],
 )
@@ -107,7 +140,7 @@ def test_a_bad_setting_stops_the_worker_with_one_line_naming_it(tmp_path: Path) 
     assert code != 0
     assert len(lines) == 1, lines
     assert "JOB_TIME_LIMIT_SECONDS" in lines[0]
-{%- if cookiecutter.use_bearer_auth %}
+{%- if cookiecutter.auth == "token" %}
 
 
 def test_the_worker_starts_without_checking_the_token_it_does_not_use(
@@ -115,6 +148,15 @@ def test_the_worker_starts_without_checking_the_token_it_does_not_use(
 ) -> None:
     """The API refuses a short API_TOKEN; the worker needs no token and must not."""
     with running_worker(private_redis.url, "tokenless", tmp_path, {"API_TOKEN": "short"}) as worker:
+        assert worker.process.poll() is None
+{%- elif cookiecutter.auth == "jwt" %}
+
+
+def test_the_worker_starts_without_the_jwt_settings_it_does_not_use(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """The API refuses to start without JWT_ISSUER; the worker checks no token and must not."""
+    with running_worker(private_redis.url, "jwtless", tmp_path, {"JWT_ISSUER": ""}) as worker:
         assert worker.process.poll() is None
 {%- endif %}
 {%- endif %}

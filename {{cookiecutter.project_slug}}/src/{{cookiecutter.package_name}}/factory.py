@@ -73,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="{{ cookiecutter.project_name }}",
         version="{{ cookiecutter.version }}",
         lifespan=lifespan,
+        # DOCS_ENABLED=false: without the document FastAPI serves none of the docs pages.
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
         # No `max_body_size`: the edge layer limits bodies, for less (middleware/body_limit.py).
         outer_middleware=middleware_stack(settings),
     )

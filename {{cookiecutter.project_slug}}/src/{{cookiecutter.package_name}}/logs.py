@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import orjson
 from pydantic import ValidationError
 
-from .context import request_id_var
+from .context import request_id_var, subject_var
 from .settings import LoggingSettings
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-8s [%(request_id)s] %(name)s: %(message)s"
@@ -137,6 +137,9 @@ class ServiceLogHandler(logging.StreamHandler[TextIO]):
         # machinery costs about as much as the stamp again, on every line).
         if "request_id" not in record.__dict__:
             record.request_id = request_id_var.get() or "-"
+        # Who asked (issue 11): a field of JSON lines, only when there is someone.
+        if (subject := subject_var.get()) is not None and "subject" not in record.__dict__:
+            record.subject = subject
         # `StreamHandler.emit`, less a second lock round and attribute checks for the
         # flush: `handle` holds the lock already. One write and one flush a line, so
         # lines of several processes on one stream never interleave.

@@ -3,15 +3,35 @@
 Values come from the environment, then from a `.env` file in the working directory.
 """
 
-from typing import Literal
+from typing import {% if cookiecutter.auth == "jwt" %}Annotated, {% endif %}Literal
+{%- if cookiecutter.auth == "jwt" %}
+from urllib.parse import urlsplit
+{%- endif %}
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, {% if cookiecutter.auth == "jwt" %}NoDecode, {% endif %}SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-{%- if cookiecutter.use_bearer_auth %}
+{%- if cookiecutter.auth == "token" %}
 
 MIN_API_TOKEN_LENGTH = 16
+{%- endif %}
+{%- if cookiecutter.auth == "jwt" %}
+
+# Signature algorithms with a public key. HMAC ("HS256") is refused: with it, anyone who
+# has the issuer's public key could sign a token; "none" is no signature at all.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+def checked_url(value: str | None, setting: str) -> str | None:
+    if not value:  # unset, or left empty as in .env.example
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{setting} must be an http(s) URL with a host")
+    return value
 {%- endif %}
 
 
@@ -70,7 +90,7 @@ class Settings(LoggingSettings):
         description="Where heavy jobs run: in this process, after the response.",
     )
 {%- endif %}
-{%- if cookiecutter.use_bearer_auth %}
+{%- if cookiecutter.auth == "token" %}
     api_token: SecretStr | None = Field(
         default=None,
         description=(
@@ -133,6 +153,78 @@ class Settings(LoggingSettings):
         ge=1,
         description="Server worker processes (uvicorn reads WEB_CONCURRENCY too).",
     )
+    # Auth (issue 11)
+    docs_enabled: bool = Field(
+        default=True,
+        description=(
+            "Serve /docs, /docs/oauth2-redirect, /redoc and /openapi.json (without a "
+            "token); false serves none of them."
+        ),
+    )
+{%- if cookiecutter.auth == "jwt" %}
+    jwt_issuer: str | None = Field(
+        default=None,
+        description=(
+            "The identity provider's issuer URL: tokens must carry it as `iss`; its "
+            "/.well-known/openid-configuration names the JWKS unless JWT_JWKS_URL is set. "
+            "The API refuses to start without it; the worker does not need it."
+        ),
+    )
+    jwt_audience: str | None = Field(
+        default=None,
+        description="The `aud` every token must carry: this API's identifier at the issuer.",
+    )
+    jwt_jwks_url: str | None = Field(
+        default=None,
+        description="The issuer's JWKS URL, when discovery from JWT_ISSUER is not wanted.",
+    )
+    jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("RS256", "ES256"),
+        description="Comma-separated signature algorithms accepted (public-key ones only).",
+    )
+    jwt_leeway_seconds: float = Field(
+        default=30,
+        ge=0,
+        le=300,
+        description="Clock skew allowed when checking exp, nbf and iat.",
+    )
+    jwt_jwks_min_refresh_seconds: float = Field(
+        default=60,
+        ge=1,
+        le=86_400,
+        description=(
+            "A token with an unknown key id fetches the JWKS again at most this often, "
+            "so made-up key ids cannot flood the issuer."
+        ),
+    )
+
+    @field_validator("jwt_issuer")
+    @classmethod
+    def _issuer_is_a_url(cls, value: str | None) -> str | None:
+        return checked_url(value, "JWT_ISSUER")
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _jwks_is_a_url(cls, value: str | None) -> str | None:
+        return checked_url(value, "JWT_JWKS_URL")
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(name.strip() for name in value.split(",") if name.strip())
+        if isinstance(value, tuple | list):
+            if not value:
+                raise ValueError("JWT_ALGORITHMS must name at least one algorithm")
+            refused = sorted(set(value) - ASYMMETRIC_ALGORITHMS)
+            if refused:
+                raise ValueError(
+                    "JWT_ALGORITHMS takes public-key algorithms only: "
+                    + ", ".join(sorted(ASYMMETRIC_ALGORITHMS))
+                )
+        return value
+{%- endif %}
+
     # Error reporting (issue 9)
     sentry_dsn: SecretStr | None = Field(
         default=None,
@@ -190,7 +282,7 @@ def load_settings() -> Settings:
             for error in exc.errors(include_input=False, include_url=False)
         )
         raise SettingsError(f"invalid settings: {problems}") from None
-{%- if cookiecutter.use_bearer_auth %}
+{%- if cookiecutter.auth == "token" %}
 
 
 def require_api_token(settings: Settings) -> str:
@@ -201,4 +293,15 @@ def require_api_token(settings: Settings) -> str:
     if len(token) < MIN_API_TOKEN_LENGTH:
         raise SettingsError(f"API_TOKEN must be at least {MIN_API_TOKEN_LENGTH} characters")
     return token
+{%- endif %}
+{%- if cookiecutter.auth == "jwt" %}
+
+
+def require_jwt_issuer(settings: Settings) -> tuple[str, str]:
+    """The issuer and audience the API checks tokens against: the worker needs neither."""
+    if settings.jwt_issuer is None:
+        raise SettingsError("JWT_ISSUER is not set: the API needs it to check tokens")
+    if not settings.jwt_audience:
+        raise SettingsError("JWT_AUDIENCE is not set: the API needs it to check tokens")
+    return settings.jwt_issuer, settings.jwt_audience
 {%- endif %}

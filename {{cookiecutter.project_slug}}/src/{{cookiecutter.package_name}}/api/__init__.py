@@ -4,15 +4,26 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
 from . import health, jobs, notifications
-from .responses import INTERNAL{% if cookiecutter.use_bearer_auth %}, UNAUTHORIZED{% endif %}, Responses
+from .responses import {% if cookiecutter.auth == "jwt" %}FORBIDDEN, {% endif %}INTERNAL{% if cookiecutter.auth != "none" %}, UNAUTHORIZED{% endif %}, Responses
+{%- if cookiecutter.auth != "none" %}
+from .security import document_security_scheme, security_requirement
+{%- endif %}
+{%- if cookiecutter.auth == "token" %}
+
+# Every route but the health checks: the bearer-auth middleware answers 401.
+PROTECTED: Responses = {**INTERNAL, **UNAUTHORIZED}
+{%- elif cookiecutter.auth == "jwt" %}
+
+# Every route but the health checks: the JWT middleware answers 401, `require_scopes` 403.
+PROTECTED: Responses = {**INTERNAL, **UNAUTHORIZED, **FORBIDDEN}
+{%- endif %}
 
 # Each router, with the responses all its operations can give (for the OpenAPI document).
 ROUTERS: tuple[tuple[APIRouter, Responses], ...] = (
     (health.router, INTERNAL),
-    {%- if cookiecutter.use_bearer_auth %}
-    # Every route but the health checks: the bearer-auth middleware answers 401.
-    (notifications.router, {**INTERNAL, **UNAUTHORIZED}),
-    (jobs.router, {**INTERNAL, **UNAUTHORIZED}),
+    {%- if cookiecutter.auth != "none" %}
+    (notifications.router, PROTECTED),
+    (jobs.router, PROTECTED),
     {%- else %}
     (notifications.router, INTERNAL),
     (jobs.router, INTERNAL),
@@ -67,6 +78,10 @@ def add_routes(app: FastAPI, router: APIRouter, responses: Responses) -> None:
             raise TypeError(f"{route!r}: add_routes takes FastAPI routes only")
         options = {name: getattr(route, name) for name in ROUTE_OPTIONS}
         options["responses"] = {**responses, **route.responses}
+        {%- if cookiecutter.auth != "none" %}
+        if 401 in responses:  # behind the auth middleware: say so in the document
+            options["openapi_extra"] = security_requirement(route)
+        {%- endif %}
         app.router.add_api_route(
             route.path, route.endpoint, route_class_override=type(route), **options
         )
@@ -75,3 +90,6 @@ def add_routes(app: FastAPI, router: APIRouter, responses: Responses) -> None:
 def add_service_routes(app: FastAPI) -> None:
     for router, responses in ROUTERS:
         add_routes(app, router, responses)
+    {%- if cookiecutter.auth != "none" %}
+    document_security_scheme(app)
+    {%- endif %}

@@ -8,6 +8,9 @@ from ..jobs.reports import ReportParams
 from ..middleware.access_log import add_access_log_fields
 from .dependencies import JobQueueDep
 from .responses import INVALID, LOCATION, NOT_FOUND, UNAVAILABLE
+{%- if cookiecutter.auth == "jwt" %}
+from .security import require_scopes
+{%- endif %}
 
 router = APIRouter(tags=["jobs"])
 
@@ -25,6 +28,10 @@ class JobAccepted(BaseModel):
         **INVALID,
         **UNAVAILABLE,
     },
+    {%- if cookiecutter.auth == "jwt" %}
+    # The example of a scope: submitting work needs more than a valid token.
+    dependencies=[require_scopes("reports:write")],
+    {%- endif %}
 )
 async def create_report(
     params: ReportParams, request: Request, response: Response, jobs: JobQueueDep

@@ -67,13 +67,36 @@ UNAVAILABLE: Responses = {
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No job was issued with this id."}}
 # On every operation: a bug answers this, with the request id.
 INTERNAL: Responses = {500: {"model": InternalErrorBody, "description": "A bug; see the log."}}
-{%- if cookiecutter.use_bearer_auth %}
-# Every route but the health checks: the bearer-auth middleware answers it.
+{%- if cookiecutter.auth != "none" %}
+CHALLENGE = {
+    "WWW-Authenticate": {
+        "description": "The bearer challenge (RFC 6750), with `error` when a token was sent.",
+        "schema": {"type": "string"},
+    }
+}
+# Every route but the health checks and the docs: the auth middleware answers it.
 UNAUTHORIZED: Responses = {
     401: {
         "model": ErrorBody,
+        {%- if cookiecutter.auth == "jwt" %}
+        "description": "No bearer token, or an invalid one (`error_description` says why).",
+        {%- else %}
         "description": "No bearer token, or the wrong one.",
-        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        {%- endif %}
+        "headers": CHALLENGE,
+    }
+}
+{%- endif %}
+{%- if cookiecutter.auth == "jwt" %}
+# Routes with `require_scopes`: the token is valid but lacks a scope. Declared on every
+# protected route, as any may come to require one.
+FORBIDDEN: Responses = {
+    403: {
+        "model": ErrorBody,
+        "description": (
+            'The token lacks a scope the operation needs (`error="insufficient_scope"`).'
+        ),
+        "headers": CHALLENGE,
     }
 }
 {%- endif %}

@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..context import request_id_var
+from ..context import request_id_var, subject_var
 from ..settings import Settings
 from . import broker
 from .models import (
@@ -34,6 +34,8 @@ RUN_JOB_TASK = f"{APP_NAME}.run_job"
 # Custom task-message header with the submitting request's id. Not `correlation_id`:
 # Celery already uses that name for the task id.
 REQUEST_ID_HEADER = "x_request_id"
+# The submitting request's subject (issue 11), for the task's log lines.
+SUBJECT_HEADER = "x_subject"
 # Extra task states beside Celery's own: the API records an id as QUEUED before it
 # publishes (so PENDING, which Celery reports for any unknown id, means "never issued"),
 # and the task reports PROGRESS while it runs.
@@ -287,8 +289,10 @@ def create_celery_app(settings: Settings, *, worker: bool = False) -> Celery:
 def _bind_request_id(task: Task[Any, Any], **_: Any) -> None:
     # Custom message headers show up as attributes of the task request.
     request_id_var.set(getattr(task.request, REQUEST_ID_HEADER, None))
+    subject_var.set(getattr(task.request, SUBJECT_HEADER, None))
 
 
 @signals.task_postrun.connect
 def _unbind_request_id(**_: Any) -> None:
     request_id_var.set(None)
+    subject_var.set(None)

@@ -32,6 +32,7 @@ from .celery_app import (
     REDIS_TIMEOUT_SECONDS,
     REQUEST_ID_HEADER,
     RUN_JOB_TASK,
+    SUBJECT_HEADER,
     create_celery_app,
     encode_state,
 )
@@ -238,7 +239,7 @@ class CeleryBackend:
             RUN_JOB_TASK,
             job.id,
             (job.name, job.params),
-            {REQUEST_ID_HEADER: job.request_id},
+            {REQUEST_ID_HEADER: job.request_id, SUBJECT_HEADER: job.subject},
             self._publisher.queue,
         )
         await self._publisher.publish(Submission(store.get_key_for_task(job.id), state, message))

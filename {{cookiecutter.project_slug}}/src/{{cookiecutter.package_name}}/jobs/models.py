@@ -45,6 +45,7 @@ class JobRequest:
     name: str
     params: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None
+    subject: str | None = None  # who submitted it, for the worker's log lines
 
 
 class TransientJobError(Exception):

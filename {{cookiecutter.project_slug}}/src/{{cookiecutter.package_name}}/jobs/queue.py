@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from ..context import request_id_var
+from ..context import request_id_var, subject_var
 from .models import JobRequest, JobState
 from .registry import find_job
 
@@ -55,7 +55,11 @@ class JobQueue:
     async def submit(self, name: str, params: Mapping[str, Any]) -> str:
         find_job(name)  # an unknown name fails here, in the request, on any backend
         job = JobRequest(
-            id=uuid.uuid4().hex, name=name, params=dict(params), request_id=request_id_var.get()
+            id=uuid.uuid4().hex,
+            name=name,
+            params=dict(params),
+            request_id=request_id_var.get(),
+            subject=subject_var.get(),
         )
         await self._backend.submit(job, self._run_after_response)
         return job.id

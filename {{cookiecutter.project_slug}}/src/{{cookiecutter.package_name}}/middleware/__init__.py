@@ -17,11 +17,26 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp
 
-from ..settings import Settings{% if cookiecutter.use_bearer_auth %}, require_api_token{% endif %}
-{%- if cookiecutter.use_bearer_auth %}
+from ..settings import Settings{% if cookiecutter.auth == "token" %}, require_api_token{% elif cookiecutter.auth == "jwt" %}, require_jwt_issuer{% endif %}
+{%- if cookiecutter.auth == "token" %}
 from .bearer_auth import BearerAuthMiddleware
 {%- endif %}
 from .edge import EdgeMiddleware
+{%- if cookiecutter.auth == "jwt" %}
+from .jwks import JwksCache
+from .jwt_auth import JwtAuthMiddleware
+{%- endif %}
+{%- if cookiecutter.auth != "none" %}
+
+# Open without credentials: the health checks, for load balancers and orchestrators,
+# and the docs (while DOCS_ENABLED), for people, who authorize inside them.
+HEALTH_PATHS = ("/health/live", "/health/ready")
+OPEN_DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+
+
+def public_paths(settings: Settings) -> tuple[str, ...]:
+    return HEALTH_PATHS + (OPEN_DOCS_PATHS if settings.docs_enabled else ())
+{%- endif %}
 
 
 def middleware_stack(settings: Settings) -> list[Middleware]:
@@ -31,13 +46,41 @@ def middleware_stack(settings: Settings) -> list[Middleware]:
         # has the request id and the headers and is logged, and every log line of the
         # request carries the id. It is one layer for four concerns: see edge.py.
         Middleware(EdgeMiddleware, max_body_bytes=settings.max_request_body_bytes),
-        {%- if cookiecutter.use_bearer_auth %}
-        # Rejects before the app reads a byte of the body. The health checks stay
-        # open for load balancers and orchestrators.
-        Middleware(BearerAuthMiddleware, token=require_api_token(settings)),
+        {%- if cookiecutter.auth == "token" %}
+        # Rejects before the app reads a byte of the body; inside the edge layer, so
+        # its 401 carries the request id and is logged.
+        Middleware(
+            BearerAuthMiddleware,
+            token=require_api_token(settings),
+            public_paths=public_paths(settings),
+        ),
+        {%- elif cookiecutter.auth == "jwt" %}
+        # Rejects before the app reads a byte of the body; inside the edge layer, so
+        # its 401 carries the request id and the access line has the token's subject.
+        jwt_layer(settings),
         {%- endif %}
         # Add a layer here, e.g. Starlette's pure-ASGI CORSMiddleware or GZipMiddleware.
     ]
+{%- if cookiecutter.auth == "jwt" %}
+
+
+def jwt_layer(settings: Settings) -> Middleware:
+    issuer, audience = require_jwt_issuer(settings)
+    keys = JwksCache(
+        issuer=issuer,
+        jwks_url=settings.jwt_jwks_url,
+        min_refresh_seconds=settings.jwt_jwks_min_refresh_seconds,
+    )
+    return Middleware(
+        JwtAuthMiddleware,
+        keys=keys,
+        issuer=issuer,
+        audience=audience,
+        algorithms=settings.jwt_algorithms,
+        leeway_seconds=settings.jwt_leeway_seconds,
+        public_paths=public_paths(settings),
+    )
+{%- endif %}
 
 
 class StackedFastAPI(FastAPI):

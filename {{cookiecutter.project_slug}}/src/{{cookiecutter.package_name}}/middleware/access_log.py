@@ -10,6 +10,8 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
+from ..context import subject_var
+
 # `<package>.access`: one name to filter or silence access lines by.
 logger = logging.getLogger(__name__.partition(".")[0] + ".access")
 
@@ -40,6 +42,9 @@ def write_access_line(scope: Scope, status: int, duration_ms: float, outcome: st
     if fields := scope.get("state", {}).get(ACCESS_LOG_FIELDS_KEY):
         http.update(fields)
         extra_text = "".join(f" {key}={value}" for key, value in fields.items())
+    # The caller, for text lines too (JSON lines get the `subject` field in logs.py).
+    if (subject := subject_var.get()) is not None:
+        extra_text += f" subject={subject}"
     # The message is made here, once, by an f-string (cheaper than `%` formatting).
     message = f"{method} {path} {status} {duration_ms:.1f}ms{extra_text}{outcome}"
     # What `logger.info` does, less its walk up the stack for the caller's file and

@@ -16,7 +16,7 @@ Each report carries the request id as the tag `request_id`, read when the report
 made: the same id as the response's X-Request-ID and every log line of the request
 or of its job. Secrets stay in the process: no request bodies, cookies or local
 variables are collected, credential headers are blanked, and any text holding a
-secret setting ({% if cookiecutter.use_bearer_auth %}API_TOKEN, {% endif %}a password in a URL) is replaced, wherever it appears.
+secret setting ({% if cookiecutter.auth == "token" %}API_TOKEN, {% endif %}a password in a URL) is replaced, wherever it appears.
 """
 
 from collections.abc import Mapping
