@@ -13,6 +13,7 @@ from .api.errors import install_error_handlers
 from .jobs import JobBackend, build_job_backend
 from .logs import configure_logging
 from .middleware import StackedFastAPI, middleware_stack
+from .observability.metrics import setup_metrics
 from .settings import Settings, load_settings
 from .stop_signals import on_stop_signals
 
@@ -66,15 +67,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    metrics = setup_metrics(settings)
     app = StackedFastAPI(
         title="{{ cookiecutter.project_name }}",
         version="{{ cookiecutter.version }}",
         lifespan=lifespan,
         # No `max_body_size`: the edge layer limits bodies, for less (middleware/body_limit.py).
-        outer_middleware=middleware_stack(settings),
+        outer_middleware=middleware_stack(settings, metrics),
     )
     app.state.settings = settings
-    app.state.job_backend = build_job_backend(settings)
+    app.state.metrics = metrics
+    app.state.job_backend = build_job_backend(settings, metrics.jobs)
     install_error_handlers(app)
     add_service_routes(app)
     return app

@@ -133,6 +133,30 @@ class Settings(LoggingSettings):
         ge=1,
         description="Server worker processes (uvicorn reads WEB_CONCURRENCY too).",
     )
+    # Metrics (issue 9)
+    metrics_public: bool = Field(
+        default=False,
+        description=(
+{%- if cookiecutter.use_bearer_auth %}
+            "GET /metrics without the bearer token. Off by default: it needs the token "
+            "like every route but the health checks."
+{%- else %}
+            "GET /metrics without the bearer token, once an auth layer is on; without "
+            "one, as now, every route is public."
+{%- endif %}
+        ),
+    )
+{%- if cookiecutter.job_backend == "celery" %}
+    worker_metrics_port: int = Field(
+        default=9191,
+        ge=0,
+        le=65535,
+        description=(
+            "The port of the worker's own metrics listener (all interfaces, no token: "
+            "keep it on the internal network); 0 turns it off."
+        ),
+    )
+{%- endif %}
 
 
 class SettingsError(ValueError):

@@ -7,15 +7,21 @@ from typing import Any
 
 from celery import signals
 
+from .jobs import NO_JOB_EVENTS
 from .jobs.celery_app import create_celery_app
 from .logs import configure_logging
+from .observability.metrics import setup_worker_metrics
 from .settings import SettingsError, load_settings
 
 try:
     settings = load_settings()
 except SettingsError as error:
     raise SystemExit(f"{__package__}: {error}") from None
-app = create_celery_app(settings, worker=True)
+# Before the pool forks: its processes inherit where to write their metrics.
+metrics = setup_worker_metrics(settings)
+app = create_celery_app(
+    settings, worker=True, events=metrics.metrics.jobs if metrics else NO_JOB_EVENTS
+)
 
 
 @signals.setup_logging.connect
@@ -23,3 +29,16 @@ def _configure_logging(**_: Any) -> None:
     # Connecting to this signal stops Celery from configuring logging itself: the worker
     # logs in the service's format, with the request id of the task on each line.
     configure_logging(settings.log_level, settings.log_format)
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    # In the main process, once the pool runs: its children do not inherit the socket.
+    if metrics is not None:
+        metrics.serve()
+
+
+@signals.worker_shutdown.connect
+def _stop_metrics(**_: Any) -> None:
+    if metrics is not None:
+        metrics.close()

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from . import health, jobs, notifications
+from . import health, jobs, metrics, notifications
 from .responses import INTERNAL{% if cookiecutter.use_bearer_auth %}, UNAUTHORIZED{% endif %}, Responses
 
 # Each router, with the responses all its operations can give (for the OpenAPI document).
@@ -13,9 +13,11 @@ ROUTERS: tuple[tuple[APIRouter, Responses], ...] = (
     # Every route but the health checks: the bearer-auth middleware answers 401.
     (notifications.router, {**INTERNAL, **UNAUTHORIZED}),
     (jobs.router, {**INTERNAL, **UNAUTHORIZED}),
+    (metrics.router, {**INTERNAL, **UNAUTHORIZED}),
     {%- else %}
     (notifications.router, INTERNAL),
     (jobs.router, INTERNAL),
+    (metrics.router, INTERNAL),
     {%- endif %}
 )
 

@@ -11,7 +11,7 @@ request id, timing and security headers.
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -19,25 +19,47 @@ from starlette.types import ASGIApp
 
 from ..settings import Settings{% if cookiecutter.use_bearer_auth %}, require_api_token{% endif %}
 {%- if cookiecutter.use_bearer_auth %}
-from .bearer_auth import BearerAuthMiddleware
+from .bearer_auth import PUBLIC_PATHS, BearerAuthMiddleware
 {%- endif %}
 from .edge import EdgeMiddleware
+from .metrics import {% if cookiecutter.use_bearer_auth %}METRICS_PATH, {% endif %}MetricsMiddleware
+
+if TYPE_CHECKING:
+    from ..observability.metric_families import ServiceMetrics
 
 
-def middleware_stack(settings: Settings) -> list[Middleware]:
+def middleware_stack(settings: Settings, metrics: "ServiceMetrics") -> list[Middleware]:
     """The layers, outermost first."""
+    assert metrics.http is not None, "the API's metrics count HTTP"
     return [
-        # Outermost, so every response (a 500, the 413 it sends, an auth layer's 401)
-        # has the request id and the headers and is logged, and every log line of the
-        # request carries the id. It is one layer for four concerns: see edge.py.
+        # Metrics: outside the edge layer, so the 413 it sends, an auth 401 and a rate
+        # limit's 429 are counted too; the route template is read after the response.
+        Middleware(MetricsMiddleware, metrics=metrics.http),
+        # Outside all but metrics, so every response (a 500, the 413 it sends, an auth
+        # layer's 401) has the request id and the headers and is logged, and every log
+        # line of the request carries the id. It is one layer for four concerns: see edge.py.
         Middleware(EdgeMiddleware, max_body_bytes=settings.max_request_body_bytes),
         {%- if cookiecutter.use_bearer_auth %}
         # Rejects before the app reads a byte of the body. The health checks stay
         # open for load balancers and orchestrators.
-        Middleware(BearerAuthMiddleware, token=require_api_token(settings)),
+        Middleware(
+            BearerAuthMiddleware,
+            token=require_api_token(settings),
+            public_paths=public_paths(settings),
+        ),
         {%- endif %}
         # Add a layer here, e.g. Starlette's pure-ASGI CORSMiddleware or GZipMiddleware.
     ]
+
+
+{%- if cookiecutter.use_bearer_auth %}
+
+
+def public_paths(settings: Settings) -> tuple[str, ...]:
+    """The paths the auth layer lets through without a token."""
+    # Metrics (issue 9): /metrics needs the token unless METRICS_PUBLIC is true.
+    return (*PUBLIC_PATHS, METRICS_PATH) if settings.metrics_public else PUBLIC_PATHS
+{%- endif %}
 
 
 class StackedFastAPI(FastAPI):
