@@ -26,10 +26,23 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from middleware_cost import bare_app, drive, import_generated, lifespan
+from middleware_cost import (
+    bare_app,
+    bare_with_instrumentator,
+    bare_with_metrics_layer,
+    drive,
+    generated_without_metrics,
+    import_generated,
+    instrumentator_installed,
+    lifespan,
+)
 
 VARIANTS = {
     "bare": ("FastAPI, one route, no middleware", "WARNING"),
+    # Metrics (issue 9): each layer alone on bare, and the stack without the layer.
+    "bare_metrics_layer": ("bare + the generated metrics layer", "WARNING"),
+    "bare_instrumentator": ("bare + prometheus-fastapi-instrumentator", "WARNING"),
+    "generated_stack_no_metrics": ("generated app, WARNING, without its metrics layer", "WARNING"),
     "generated_app_no_mw": ("generated app with its middleware list emptied", "WARNING"),
     "generated_stack": ("generated app, log level WARNING", "WARNING"),
     "generated_stack_info_logging": ("generated app, INFO: one JSON access line", "INFO"),
@@ -42,6 +55,12 @@ def child(project: Path, variant: str, requests: int) -> None:
     log_level = VARIANTS[variant][1]
     if variant == "bare":
         app = bare_app()
+    elif variant == "bare_metrics_layer":
+        app = bare_with_metrics_layer(generated)
+    elif variant == "bare_instrumentator":
+        app = bare_with_instrumentator()
+    elif variant == "generated_stack_no_metrics":
+        app = generated_without_metrics(generated, log_level)
     else:
         app = generated.factory.create_app(generated.settings_for(log_level))
         if variant == "generated_app_no_mw":
@@ -95,16 +114,17 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("needs valgrind on PATH (Debian/Ubuntu: apt-get install valgrind)", file=sys.stderr)
         return 2
+    variants = [v for v in VARIANTS if v != "bare_instrumentator" or instrumentator_installed()]
     with (
         tempfile.TemporaryDirectory(prefix="instructions-") as workdir,
         ThreadPoolExecutor(3) as pool,
     ):
         counts = dict(
             zip(
-                VARIANTS,
+                variants,
                 pool.map(
                     lambda v: count(args.project.resolve(), v, args.requests, Path(workdir)),
-                    VARIANTS,
+                    variants,
                 ),
                 strict=True,
             )
@@ -118,8 +138,8 @@ def main() -> int:
             f"| {instructions - bare:+,} |"
         )
     print("\nVariants:\n")
-    for variant, (description, _) in VARIANTS.items():
-        print(f"- `{variant}`: {description}")
+    for variant in variants:
+        print(f"- `{variant}`: {VARIANTS[variant][0]}")
     return 0
 
 

@@ -170,6 +170,44 @@ def pure_asgi_x3_app() -> Any:
     return app
 
 
+# --------------------------------------------------------------------------- metrics (issue 9)
+
+
+def bare_with_metrics_layer(generated: Generated) -> Any:
+    """bare + the generated service's metrics layer, added as any middleware is."""
+    families = importlib.import_module(f"{generated.package}.observability.metric_families")
+    layer = importlib.import_module(f"{generated.package}.middleware.metrics")
+    app = bare_app()
+    metrics = families.ServiceMetrics(None, http=True)
+    app.add_middleware(layer.MetricsMiddleware, metrics=metrics.http)
+    return app
+
+
+def instrumentator_installed() -> bool:
+    return importlib.util.find_spec("prometheus_fastapi_instrumentator") is not None
+
+
+def bare_with_instrumentator() -> Any:
+    """bare + prometheus-fastapi-instrumentator, its default metrics and in-flight gauge
+    (the layer's counterpart), on a registry of its own."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    app = bare_app()
+    Instrumentator(
+        should_instrument_requests_inprogress=True, registry=CollectorRegistry()
+    ).instrument(app)
+    return app
+
+
+def generated_without_metrics(generated: Generated, log_level: str) -> Any:
+    """The generated app with its metrics layer taken out of the stack."""
+    app = generated.factory.create_app(generated.settings_for(log_level))
+    stack = app.outer_middleware
+    app.outer_middleware = [m for m in stack if m.cls.__name__ != "MetricsMiddleware"]
+    return app
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -207,6 +245,33 @@ def variants_for(generated: Generated, progress: Callable[[str], None]) -> list[
         )
     else:
         progress("the generated app has no `outer_middleware`: generated_app_no_mw left out")
+    # Metrics (issue 9): the layer alone and the instrumentator alone, each on bare; the
+    # stack without the layer, to read what it adds there.
+    if importlib.util.find_spec(f"{generated.package}.middleware.metrics") is not None:
+        variants.append(
+            Variant(
+                "bare_metrics_layer",
+                "bare + the generated metrics layer",
+                lambda: bare_with_metrics_layer(generated),
+            )
+        )
+        if instrumentator_installed():
+            variants.append(
+                Variant(
+                    "bare_instrumentator",
+                    "bare + prometheus-fastapi-instrumentator",
+                    bare_with_instrumentator,
+                )
+            )
+        else:
+            progress("prometheus-fastapi-instrumentator is not installed: no bare_instrumentator")
+        variants.append(
+            Variant(
+                "generated_stack_no_metrics",
+                "generated app, WARNING, without its metrics layer",
+                lambda: generated_without_metrics(generated, "WARNING"),
+            )
+        )
     return [
         *variants,
         Variant("generated_stack", "generated app, log level WARNING", generated_app("WARNING")),

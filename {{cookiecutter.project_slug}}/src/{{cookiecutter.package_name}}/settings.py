@@ -141,8 +141,8 @@ class Settings(LoggingSettings):
             "GET /metrics without the bearer token. Off by default: it needs the token "
             "like every route but the health checks."
 {%- else %}
-            "GET /metrics without the bearer token, once an auth layer is on; without "
-            "one, as now, every route is public."
+            "GET /metrics without a token, once an auth layer is on; this project has "
+            "none, so every route is public."
 {%- endif %}
         ),
     )

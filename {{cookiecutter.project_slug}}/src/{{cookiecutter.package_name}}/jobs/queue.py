@@ -23,7 +23,7 @@ RunAfterResponse = Callable[[Callable[[], Awaitable[None]]], None]
 class JobEvents(Protocol):
     """What happens to jobs, told to whoever counts it (the metrics): a few calls, so
     nothing here knows about Prometheus. Each is called once per event, in the process
-    where it happens (a Celery job's start and end in the worker)."""
+    where it happens (a job's start and end where the job runs)."""
 
     def submitted(self, name: str) -> None: ...
 
@@ -76,7 +76,7 @@ class JobBackend(Protocol):
 
     async def waiting_jobs(self) -> int | None:
         """Jobs submitted and not started yet, or None when that cannot be known now
-        (Redis down): read for the queue-depth gauge at each scrape."""
+        (its store is down): read for the queue-depth gauge at each scrape."""
 
 
 class JobQueue:

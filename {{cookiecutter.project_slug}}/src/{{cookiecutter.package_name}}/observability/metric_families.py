@@ -19,6 +19,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
@@ -114,7 +115,7 @@ class WaitingJobs(Collector):
         self.value: int | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        if self.value is not None:  # unknown (Redis down): no sample rather than a lie
+        if self.value is not None:  # unknown (the store is down): no sample, not a lie
             yield GaugeMetricFamily(
                 "jobs_waiting", "Jobs submitted and not started yet.", self.value
             )
@@ -159,6 +160,9 @@ class ServiceMetrics:
     has its own too, with no clash between them)."""
 
     def __init__(self, directory: Path | None, *, http: bool) -> None:
+        # No `_created` series beside each counter and histogram: they doubled the
+        # scrape, and Prometheus needs none (multiprocess mode has none either).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         registry = CollectorRegistry()
         self.http = HttpMetrics(registry) if http else None
         self.jobs = JobMetrics(registry)
