@@ -121,6 +121,8 @@ class WorkerProcess:
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
             "WORKER_METRICS_PORT": str(self.metrics_port),
+            # Its metrics files go in here, even when the test kills it.
+            "TMPDIR": str(workdir),
             **(env or {}),
         }
         with self.log_path.open("wb") as log:

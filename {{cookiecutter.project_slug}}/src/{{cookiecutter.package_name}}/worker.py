@@ -17,11 +17,8 @@ try:
     settings = load_settings()
 except SettingsError as error:
     raise SystemExit(f"{__package__}: {error}") from None
-# Before the pool forks: its processes inherit where to write their metrics.
 metrics = setup_worker_metrics(settings)
-app = create_celery_app(
-    settings, worker=True, events=metrics.metrics.jobs if metrics else NO_JOB_EVENTS
-)
+app = create_celery_app(settings, worker=True, events=metrics or NO_JOB_EVENTS)
 
 
 @signals.setup_logging.connect
@@ -29,6 +26,13 @@ def _configure_logging(**_: Any) -> None:
     # Connecting to this signal stops Celery from configuring logging itself: the worker
     # logs in the service's format, with the request id of the task on each line.
     configure_logging(settings.log_level, settings.log_format)
+
+
+@signals.worker_init.connect
+def _set_up_metrics(**_: Any) -> None:
+    # Before the pool forks: its processes inherit where to write their metrics.
+    if metrics is not None:
+        metrics.start()
 
 
 @signals.worker_ready.connect

@@ -22,7 +22,9 @@ from ..settings import Settings{% if cookiecutter.use_bearer_auth %}, require_ap
 from .bearer_auth import PUBLIC_PATHS, BearerAuthMiddleware
 {%- endif %}
 from .edge import EdgeMiddleware
-from .metrics import {% if cookiecutter.use_bearer_auth %}METRICS_PATH, {% endif %}MetricsMiddleware
+{%- if cookiecutter.use_bearer_auth %}
+from .metrics import METRICS_PATH
+{%- endif %}
 
 if TYPE_CHECKING:
     from ..observability.metric_families import ServiceMetrics
@@ -32,13 +34,15 @@ def middleware_stack(settings: Settings, metrics: "ServiceMetrics") -> list[Midd
     """The layers, outermost first."""
     assert metrics.http is not None, "the API's metrics count HTTP"
     return [
-        # Metrics: outside the edge layer, so the 413 it sends, an auth 401 and a rate
-        # limit's 429 are counted too; the route template is read after the response.
-        Middleware(MetricsMiddleware, metrics=metrics.http),
-        # Outside all but metrics, so every response (a 500, the 413 it sends, an auth
-        # layer's 401) has the request id and the headers and is logged, and every log
-        # line of the request carries the id. It is one layer for four concerns: see edge.py.
-        Middleware(EdgeMiddleware, max_body_bytes=settings.max_request_body_bytes),
+        # Outermost, so every response (a 500, the 413 it sends, an auth layer's 401)
+        # has the request id and the headers, is logged and is counted in the metrics,
+        # and every log line of the request carries the id. It is one layer for five
+        # concerns: see edge.py (and middleware/metrics.py for why metrics are one).
+        Middleware(
+            EdgeMiddleware,
+            max_body_bytes=settings.max_request_body_bytes,
+            metrics=metrics.http,
+        ),
         {%- if cookiecutter.use_bearer_auth %}
         # Rejects before the app reads a byte of the body. The health checks stay
         # open for load balancers and orchestrators.

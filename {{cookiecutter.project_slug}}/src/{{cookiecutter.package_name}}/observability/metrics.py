@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,11 +75,16 @@ def server_workers_directory() -> Path:
     root = Path(tempfile.gettempdir()) / f"{PACKAGE}-metrics-{getattr(os, 'getuid', int)()}"
     supervisor = os.getppid()
     if root.is_dir():
-        for stale in root.iterdir():
-            pid = stale.name.partition("-")[0]
-            if pid.isdigit() and int(pid) != supervisor and not process_exists(int(pid)):
-                shutil.rmtree(stale, ignore_errors=True)
+        remove_stale(root.iterdir(), "")
     return root / f"{supervisor}-{start_time(supervisor)}"
+
+
+def remove_stale(directories: Iterable[Path], prefix: str) -> None:
+    """Remove each `<prefix><pid>-...` directory whose process is gone."""
+    for directory in directories:
+        pid = directory.name.removeprefix(prefix).partition("-")[0]
+        if pid.isdigit() and not process_exists(int(pid)):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def process_exists(pid: int) -> bool:
@@ -104,26 +110,49 @@ def start_time(pid: int) -> str:
 
 
 class WorkerMetrics:
-    """The worker's metrics and their listener: made in the main process, counted in
-    each pool process, served by the main one."""
+    """The worker's metrics and their listener: made in the main process (`start`),
+    counted in each pool process, served by the main one. It is the worker's
+    `JobEvents` too; until `start`, it counts nothing, so a process that only imports
+    the worker module (`celery inspect`, the image's health check) makes no files."""
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self.metrics: ServiceMetrics | None = None
         self.made_directory: Path | None = None
+        self.owner = 0
+        self._server: WSGIServer | None = None
+
+    def start(self) -> None:
+        """Call it in the main process before the pool forks (Celery's `worker_init`)."""
         directory = operator_directory()
         if directory is None:
-            directory = claim(Path(tempfile.mkdtemp(prefix=f"{PACKAGE}-worker-metrics-")))
+            # Named after this process, so that a later worker can tell whether the
+            # directory of a killed one (which could not remove it) is stale.
+            prefix = f"{PACKAGE}-worker-metrics-"
+            remove_stale(Path(tempfile.gettempdir()).glob(f"{prefix}*"), prefix)
+            directory = claim(Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")))
             self.made_directory = directory
         from .metric_families import ServiceMetrics
 
         self.metrics = ServiceMetrics(directory, http=False)
         self.owner = os.getpid()
-        self._server: WSGIServer | None = None
+
+    def submitted(self, name: str) -> None:
+        return None  # the API counts submissions
+
+    def started(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.jobs.started(name)
+
+    def ended(self, name: str, outcome: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.jobs.ended(name, outcome, seconds)
 
     def serve(self) -> None:
         """Listen on all interfaces (call it in the main process, once the pool runs)."""
         from prometheus_client import start_http_server
 
+        assert self.metrics is not None, "start() first"
         registry = self.metrics.exposition.registry
         try:
             self._server, _ = start_http_server(self.port, registry=registry)
