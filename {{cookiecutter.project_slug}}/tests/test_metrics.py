@@ -252,12 +252,15 @@ def test_queue_depth_rises_with_no_worker_and_falls_when_one_starts(
         httpx.Client(base_url=url, headers=support.AUTH_HEADERS, timeout=10) as http,
     ):
         assert value(scrape(http), "jobs_waiting") == 0
-        jobs = [submit(http) for _ in range(3)]
-        assert value(scrape(http), "jobs_waiting") == 3
+        jobs = [submit(http, seconds=0.3) for _ in range(4)]
+        assert value(scrape(http), "jobs_waiting") == 4
 
-        with running_worker(private_redis.url, "metrics-late", tmp_path):
-            assert [follow(http, job_id) for job_id in jobs] == ["succeeded"] * 3
+        # Two pool processes share the jobs; the worker's listener shows their sum.
+        with running_worker(private_redis.url, "metrics-late", tmp_path, concurrency=2) as worker:
+            assert [follow(http, job_id) for job_id in jobs] == ["succeeded"] * 4
             assert value(scrape(http), "jobs_waiting") == 0
+            counted = worker_scrape(worker)
+        assert value(counted, "jobs_succeeded_total", job="build_report") == 4
 
         private_redis.stop()
         # Redis gone: the scrape still answers, without a depth it cannot know.
