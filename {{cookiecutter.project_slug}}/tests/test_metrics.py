@@ -193,6 +193,9 @@ def test_several_server_workers_give_one_consistent_count(tmp_path: Path) -> Non
         finally:
             for http in clients:
                 http.close()
+            # SIGTERM: the supervisor stops its workers (a SIGKILL would orphan them).
+            server.process.terminate()
+            server.process.wait(timeout=20)
     assert totals == {served}
 
 
