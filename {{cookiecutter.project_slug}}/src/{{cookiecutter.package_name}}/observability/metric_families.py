@@ -74,11 +74,11 @@ class HttpMetrics:
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        if method not in METHODS:  # any token is a method: bound it, and this cache
+            method = OTHER_METHOD
         key = (method, route, status)
         children = self._children.get(key)
         if children is None:
-            if method not in METHODS:  # any token is a method: bound it
-                method = OTHER_METHOD
             children = (
                 self.requests.labels(method, route, str(status)),
                 self.duration.labels(method, route),
