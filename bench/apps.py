@@ -5,6 +5,7 @@ Imported by uvicorn in the *generated project's* virtualenv, with this folder on
 environment, as in production (`LOG_LEVEL`, `LOG_FORMAT`, `JOBS_BACKEND`, `REDIS_URL`).
 
 - `generated`: the service as it ships, `create_app()`.
+- `no_metrics`: the same app with the edge layer's HTTP metrics off.
 - `no_middleware`: the same app with its middleware list emptied; everything else
   (routes, error handlers, logging) is unchanged.
 - `base_http`: `no_middleware` plus the same behaviour written the way most FastAPI code
@@ -52,6 +53,18 @@ def _generated(module: str) -> Any:
 
 def generated() -> FastAPI:
     app: FastAPI = _generated("factory").create_app()
+    return app
+
+
+def no_metrics() -> FastAPI:
+    """The service as it ships with the edge layer's HTTP metrics off (issue 9)."""
+    from starlette.middleware import Middleware
+
+    app = generated()
+    app.outer_middleware = [  # type: ignore[attr-defined]
+        Middleware(m.cls, *m.args, **{**m.kwargs, "metrics": None}) if "metrics" in m.kwargs else m
+        for m in app.outer_middleware  # type: ignore[attr-defined]
+    ]
     return app
 
 

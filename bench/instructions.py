@@ -27,12 +27,25 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from middleware_cost import bare_app, drive, import_generated, jwt_bench, lifespan
+from middleware_cost import (
+    bare_app,
+    bare_with_instrumentator,
+    drive,
+    generated_without_metrics,
+    import_generated,
+    instrumentator_installed,
+    jwt_bench,
+    lifespan,
+)
 
 VARIANTS = {
     "bare": ("FastAPI, one route, no middleware", "WARNING"),
     "jwt_layer": ("bare + the JWT layer, a valid RS256 token (key cached)", "WARNING"),
     "rs256_verify_only": ("the RS256 signature check alone (cryptography), no request", "WARNING"),
+    # Metrics (issue 9): the instrumentator alone on bare; the stack with HTTP metrics off
+    # (what they add is generated_stack's count less this one).
+    "bare_instrumentator": ("bare + prometheus-fastapi-instrumentator", "WARNING"),
+    "generated_stack_no_metrics": ("generated app, WARNING, HTTP metrics off", "WARNING"),
     "generated_app_no_mw": ("generated app with its middleware list emptied", "WARNING"),
     "generated_stack": ("generated app, log level WARNING", "WARNING"),
     "generated_stack_info_logging": ("generated app, INFO: one JSON access line", "INFO"),
@@ -67,6 +80,10 @@ def child(project: Path, variant: str, requests: int) -> None:
         headers = jwt_row.headers
     elif variant == "bare":
         app = bare_app()
+    elif variant == "bare_instrumentator":
+        app = bare_with_instrumentator()
+    elif variant == "generated_stack_no_metrics":
+        app = generated_without_metrics(generated, log_level)
     else:
         settings = generated.settings_for(log_level)
         if variant.startswith("generated_stack_sentry"):
@@ -133,7 +150,8 @@ def main() -> int:
     variants = [
         v
         for v in VARIANTS
-        if v not in JWT_VARIANTS or any(project.glob("src/*/middleware/jwt_auth.py"))
+        if (v not in JWT_VARIANTS or any(project.glob("src/*/middleware/jwt_auth.py")))
+        and (v != "bare_instrumentator" or instrumentator_installed())
     ]
     with (
         tempfile.TemporaryDirectory(prefix="instructions-") as workdir,

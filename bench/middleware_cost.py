@@ -178,6 +178,38 @@ def pure_asgi_x3_app() -> Any:
     return app
 
 
+# --------------------------------------------------------------------------- metrics (issue 9)
+
+
+def instrumentator_installed() -> bool:
+    return importlib.util.find_spec("prometheus_fastapi_instrumentator") is not None
+
+
+def bare_with_instrumentator() -> Any:
+    """bare + prometheus-fastapi-instrumentator, its default metrics and in-flight gauge
+    (the layer's counterpart), on a registry of its own."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_fastapi_instrumentator import Instrumentator
+
+    app = bare_app()
+    Instrumentator(
+        should_instrument_requests_inprogress=True, registry=CollectorRegistry()
+    ).instrument(app)
+    return app
+
+
+def generated_without_metrics(generated: Generated, log_level: str) -> Any:
+    """The generated app with the edge layer's HTTP metrics off (`metrics=None`)."""
+    from starlette.middleware import Middleware
+
+    app = generated.factory.create_app(generated.settings_for(log_level))
+    app.outer_middleware = [
+        Middleware(m.cls, *m.args, **{**m.kwargs, "metrics": None}) if "metrics" in m.kwargs else m
+        for m in app.outer_middleware
+    ]
+    return app
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -304,6 +336,26 @@ def variants_for(generated: Generated, progress: Callable[[str], None]) -> list[
         )
     else:
         progress("the project is not an auth=jwt bake: jwt_layer left out")
+    # Metrics (issue 9): the stack without them, to read what they add (against
+    # generated_stack), and prometheus-fastapi-instrumentator alone on bare.
+    if importlib.util.find_spec(f"{generated.package}.middleware.metrics") is not None:
+        if instrumentator_installed():
+            variants.append(
+                Variant(
+                    "bare_instrumentator",
+                    "bare + prometheus-fastapi-instrumentator",
+                    bare_with_instrumentator,
+                )
+            )
+        else:
+            progress("prometheus-fastapi-instrumentator is not installed: no bare_instrumentator")
+        variants.append(
+            Variant(
+                "generated_stack_no_metrics",
+                "generated app, WARNING, HTTP metrics off",
+                lambda: generated_without_metrics(generated, "WARNING"),
+            )
+        )
     return [
         *variants,
         Variant("generated_stack", "generated app, log level WARNING", generated_app("WARNING")),

@@ -153,7 +153,7 @@ def test_the_benchmark_runs_every_part_and_writes_its_tables(
     middleware = {row["variant"]: row for row in results["middleware"]["rows"]}
     assert set(middleware) == {
         "bare", "bare+uvicorn_log", "no_middleware", "generated", "base_http",
-        "generated@WARNING", "base_http@WARNING",
+        "generated@WARNING", "base_http@WARNING", "no_metrics@WARNING",
     }  # fmt: skip
     assert all(row["requests_per_second"]["median"] > 0 for row in middleware.values())
     # The comparisons are all there, each a ratio of real rounds.

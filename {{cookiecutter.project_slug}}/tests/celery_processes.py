@@ -109,6 +109,8 @@ class WorkerProcess:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self.redis_url = redis_url
+        # Its metrics listener, on a port of its own: several test workers run at once.
+        self.metrics_port = free_port()
         command = [
             sys.executable, "-m", "celery", "-A", f"{PACKAGE}.worker", "worker",
             "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
@@ -123,6 +125,9 @@ class WorkerProcess:
             "REDIS_URL": redis_url,
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
+            "WORKER_METRICS_PORT": str(self.metrics_port),
+            # Its metrics files go in here, even when the test kills it.
+            "TMPDIR": str(workdir),
             **(env or {}),
         }
         with self.log_path.open("wb") as log:
@@ -134,6 +139,10 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def records(self) -> list[dict[str, Any]]:
         records = []

@@ -39,6 +39,13 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("log_format", "xml"),
         ("log_level", "LOUD"),
         ("max_request_body_bytes", -1),
+        # Metrics (issue 9)
+        ("metrics_public", "sometimes"),
+        {%- if cookiecutter.job_backend == "celery" %}
+        ("worker_metrics_port", 65536),
+        ("worker_metrics_port", -1),
+        ("worker_metrics_port", ""),
+        {%- endif %}
         ("docs_enabled", "maybe"),
         {%- if cookiecutter.auth == "jwt" %}
         ("jwt_issuer", "ftp://issuer.example/"),

@@ -14,6 +14,7 @@ from .jobs import JobBackend, build_job_backend
 from .logs import configure_logging
 from .middleware import StackedFastAPI, middleware_stack
 from .observability.errors import setup_error_reporting
+from .observability.metrics import setup_metrics
 from .settings import Settings, load_settings
 from .stop_signals import on_stop_signals
 
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     # Before the app and its middleware exist: sentry_sdk instruments Starlette's classes.
     setup_error_reporting(settings)
+    metrics = setup_metrics(settings)
     app = StackedFastAPI(
         title="{{ cookiecutter.project_name }}",
         version="{{ cookiecutter.version }}",
@@ -76,10 +78,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # DOCS_ENABLED=false: without the document FastAPI serves none of the docs pages.
         openapi_url="/openapi.json" if settings.docs_enabled else None,
         # No `max_body_size`: the edge layer limits bodies, for less (middleware/body_limit.py).
-        outer_middleware=middleware_stack(settings),
+        outer_middleware=middleware_stack(settings, metrics),
     )
     app.state.settings = settings
-    app.state.job_backend = build_job_backend(settings)
+    app.state.metrics = metrics
+    app.state.job_backend = build_job_backend(settings, metrics.jobs)
     install_error_handlers(app)
     add_service_routes(app)
     return app

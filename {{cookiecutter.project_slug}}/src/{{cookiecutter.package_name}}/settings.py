@@ -225,6 +225,31 @@ class Settings(LoggingSettings):
         return value
 {%- endif %}
 
+    # Metrics (issue 9)
+    metrics_public: bool = Field(
+        default=False,
+        description=(
+{%- if cookiecutter.auth != "none" %}
+            "GET /metrics without credentials. Off by default: it needs them like "
+            "every route but the health checks and the docs."
+{%- else %}
+            "GET /metrics without a token, once an auth layer is on; this project has "
+            "none, so every route is public."
+{%- endif %}
+        ),
+    )
+{%- if cookiecutter.job_backend == "celery" %}
+    worker_metrics_port: int = Field(
+        default=9191,
+        ge=0,
+        le=65535,
+        description=(
+            "The port of the worker's own metrics listener (all interfaces, no token: "
+            "keep it on the internal network); 0 turns it off."
+        ),
+    )
+{%- endif %}
+
     # Error reporting (issue 9)
     sentry_dsn: SecretStr | None = Field(
         default=None,

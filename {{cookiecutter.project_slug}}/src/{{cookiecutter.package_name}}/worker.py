@@ -7,9 +7,11 @@ from typing import Any
 
 from celery import signals
 
+from .jobs import NO_JOB_EVENTS
 from .jobs.celery_app import create_celery_app
 from .logs import configure_logging
 from .observability.errors import setup_error_reporting
+from .observability.metrics import setup_worker_metrics
 from .settings import SettingsError, load_settings
 
 try:
@@ -19,7 +21,8 @@ except SettingsError as error:
 # At import, in the main process: the prefork pool's children inherit it, and each
 # starts its own sender thread when it first reports (checked with a real worker).
 setup_error_reporting(settings, celery_worker=True)
-app = create_celery_app(settings, worker=True)
+metrics = setup_worker_metrics(settings)
+app = create_celery_app(settings, worker=True, events=metrics or NO_JOB_EVENTS)
 
 
 @signals.setup_logging.connect
@@ -27,3 +30,23 @@ def _configure_logging(**_: Any) -> None:
     # Connecting to this signal stops Celery from configuring logging itself: the worker
     # logs in the service's format, with the request id of the task on each line.
     configure_logging(settings.log_level, settings.log_format)
+
+
+@signals.worker_init.connect
+def _set_up_metrics(**_: Any) -> None:
+    # Before the pool forks: its processes inherit where to write their metrics.
+    if metrics is not None:
+        metrics.start()
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    # In the main process, once the pool runs: its children do not inherit the socket.
+    if metrics is not None:
+        metrics.serve()
+
+
+@signals.worker_shutdown.connect
+def _stop_metrics(**_: Any) -> None:
+    if metrics is not None:
+        metrics.close()

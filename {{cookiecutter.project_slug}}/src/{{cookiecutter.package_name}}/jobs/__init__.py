@@ -8,27 +8,29 @@ from .models import (
     JobState,
     JobStatus,
 )
-from .queue import JobBackend, JobQueue, RunAfterResponse
+from .queue import NO_JOB_EVENTS, JobBackend, JobEvents, JobQueue, RunAfterResponse
 
 
-def build_job_backend(settings: Settings) -> JobBackend:
+def build_job_backend(settings: Settings, events: JobEvents = NO_JOB_EVENTS) -> JobBackend:
     {%- if cookiecutter.job_backend == "celery" %}
     if settings.jobs_backend == "celery":
         # Imported only when chosen: an in-process service never loads Celery.
         from .celery_backend import CeleryBackend
 
-        return CeleryBackend(settings)
+        return CeleryBackend(settings, events)
     {%- endif %}
     store = InMemoryJobStore(
         max_finished=settings.inprocess_max_finished_jobs,
         retention_seconds=settings.job_retention_seconds,
     )
-    return InProcessBackend(store, concurrency=settings.inprocess_job_concurrency)
+    return InProcessBackend(store, concurrency=settings.inprocess_job_concurrency, events=events)
 
 
 __all__ = [
+    "NO_JOB_EVENTS",
     "JobBackend",
     "JobBackendUnavailableError",
+    "JobEvents",
     "JobQueue",
     "JobRequest",
     "JobState",

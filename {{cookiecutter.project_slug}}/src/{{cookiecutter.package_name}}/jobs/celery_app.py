@@ -25,7 +25,8 @@ from .models import (
     TransientJobError,
     describe_error,
 )
-from .registry import find_job
+from .queue import NO_JOB_EVENTS, JobEvents
+from .registry import JOBS, find_job
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +269,49 @@ def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str
     return result
 
 
-def create_celery_app(settings: Settings, *, worker: bool = False) -> Celery:
-    """The Celery app; `worker=True` for the worker process (see `worker_config`)."""
+# How a run of the task ended (Celery's state after it), as the job metrics name it.
+# REJECTED: requeued after a broker outage (DurableTask), so it runs again.
+ENDED_AS = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried", "REJECTED": "retried"}
+UNKNOWN_JOB = "unknown"
+
+
+def report_job_events(app: Celery, events: JobEvents) -> None:
+    """Tell `events` when this app's jobs start and end, in the pool process that runs
+    them: each run is counted once, by the worker, whichever API process submitted it.
+
+    A pool process killed mid-job (the hard time limit, the OOM killer) sends no end:
+    its job is counted when it is run again.
+    """
+    started: dict[str, tuple[str, float]] = {}
+
+    def job_name(task: Task[Any, Any], args: Any) -> str | None:
+        if task.app is not app or task.name != RUN_JOB_TASK:
+            return None
+        name = args[0] if args else None
+        # Only registered names: a label value from a message must stay bounded.
+        return name if isinstance(name, str) and name in JOBS else UNKNOWN_JOB
+
+    def on_prerun(task_id: str, task: Task[Any, Any], args: Any = (), **_: Any) -> None:
+        if (name := job_name(task, args)) is not None:
+            started[task_id] = (name, time.perf_counter())
+            events.started(name)
+
+    def on_postrun(task_id: str, state: str | None = None, **_: Any) -> None:
+        if (begun := started.pop(task_id, None)) is not None:
+            name, at = begun
+            if (outcome := ENDED_AS.get(state or "")) is not None:
+                events.ended(name, outcome, time.perf_counter() - at)
+
+    # Strong references: the handlers live as long as the worker.
+    signals.task_prerun.connect(on_prerun, weak=False)
+    signals.task_postrun.connect(on_postrun, weak=False)
+
+
+def create_celery_app(
+    settings: Settings, *, worker: bool = False, events: JobEvents = NO_JOB_EVENTS
+) -> Celery:
+    """The Celery app; `worker=True` for the worker process (see `worker_config`), which
+    reports its jobs' starts and ends to `events`."""
     app = Celery(APP_NAME, set_as_current=False)
     app.conf.update(worker_config(settings) if worker else celery_config(settings))
     app.task(
@@ -282,6 +324,8 @@ def create_celery_app(settings: Settings, *, worker: bool = False) -> Celery:
         retry_backoff_max=60,
         retry_jitter=True,
     )(run_job)
+    if worker:
+        report_job_events(app, events)
     return app
 
 

@@ -44,7 +44,7 @@ from .models import (
     JobStatus,
     describe_error,
 )
-from .queue import RunAfterResponse
+from .queue import NO_JOB_EVENTS, JobEvents, RunAfterResponse
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 CLIENT_THREADS = 4
 
 T = TypeVar("T")
+
+# A scrape reads the queue's length: a dead or hung Redis must not hold /metrics up.
+QUEUE_LENGTH_TIMEOUT_SECONDS = 0.5
 
 # What a broken connection to Redis looks like, depending on which layer noticed.
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, RuntimeError)
@@ -182,6 +185,10 @@ class QueuePublisher:
                 if not submission.sent.done():
                     submission.sent.set_result(None)
 
+    async def queue_length(self) -> int:
+        length: int = await self._redis.llen(self.queue)
+        return length
+
     async def aclose(self) -> None:
         if self._sender is not None:
             await asyncio.wait([self._sender], timeout=self.deadline_seconds)
@@ -191,7 +198,9 @@ class QueuePublisher:
 class CeleryBackend:
     name = "celery"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, events: JobEvents = NO_JOB_EVENTS) -> None:
+        # Only `submitted` is counted here: the worker counts the rest, where jobs run.
+        self.events = events
         self.app = create_celery_app(settings)
         result_store = self.app.backend
         assert isinstance(result_store, RedisBackend), "REDIS_URL is the result backend"
@@ -330,6 +339,16 @@ class CeleryBackend:
                 "restart loses every queued job and every job state"
             ]
         return []
+
+    async def waiting_jobs(self) -> int | None:
+        """The broker queue's length: tasks no worker has taken yet (a task a worker
+        holds, running or reserved, is no longer in it)."""
+        try:
+            async with asyncio.timeout(QUEUE_LENGTH_TIMEOUT_SECONDS):
+                return await self._publisher.queue_length()
+        except SEND_ERRORS as exc:
+            logger.warning("queue depth unknown: %s", type(exc).__name__)
+            return None
 
     def begin_shutdown(self) -> None:
         return None  # the jobs wait in Redis for the workers, whatever this process does

@@ -33,7 +33,7 @@ import anyio.to_thread
 from pydantic import TypeAdapter
 
 from .models import JobBackendUnavailableError, JobRequest, JobState, JobStatus, describe_error
-from .queue import RunAfterResponse
+from .queue import NO_JOB_EVENTS, JobEvents, RunAfterResponse
 from .registry import find_job
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,10 @@ class InMemoryJobStore:
             return JOB_STATE.validate_json(finished[1])
         return state
 
+    def queued_count(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._active.values() if s.status is JobStatus.QUEUED)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._active) + len(self._finished)
@@ -154,9 +158,13 @@ class InProcessBackend:
     name = "inprocess"
 
     def __init__(
-        self, store: InMemoryJobStore | None = None, concurrency: int = DEFAULT_CONCURRENCY
+        self,
+        store: InMemoryJobStore | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        events: JobEvents = NO_JOB_EVENTS,
     ) -> None:
         self.store = store if store is not None else InMemoryJobStore()
+        self.events = events
         # Job threads are counted against this limiter, not anyio's default one.
         self.slots = anyio.CapacityLimiter(concurrency)
         # Jobs still waiting for a slot, by id: shutdown cancels the wait.
@@ -185,14 +193,18 @@ class InProcessBackend:
         if not self.store.start_if_queued(job.id):
             return  # failed at shutdown before it could start
         logger.info("job %s (%s) started", job.id, job.name)
+        self.events.started(job.name)
+        started = time.perf_counter()
         try:
             result = find_job(job.name)(job.params, lambda p: self.store.update(job.id, progress=p))
         except Exception as exc:
             logger.exception("job %s (%s) failed", job.id, job.name)
             self.store.update(job.id, status=JobStatus.FAILED, error=describe_error(exc))
+            self.events.ended(job.name, "failed", time.perf_counter() - started)
         else:
             self.store.update(job.id, status=JobStatus.SUCCEEDED, progress=100, result=result)
             logger.info("job %s (%s) succeeded", job.id, job.name)
+            self.events.ended(job.name, "succeeded", time.perf_counter() - started)
 
     def begin_shutdown(self) -> None:
         """The server got its stop signal: take no more jobs, start no queued one.
@@ -221,6 +233,9 @@ class InProcessBackend:
 
     async def warnings(self) -> list[str]:
         return []
+
+    async def waiting_jobs(self) -> int:
+        return self.store.queued_count()
 
     async def aclose(self) -> None:
         self.begin_shutdown()

@@ -20,8 +20,38 @@ from .registry import find_job
 RunAfterResponse = Callable[[Callable[[], Awaitable[None]]], None]
 
 
+class JobEvents(Protocol):
+    """What happens to jobs, told to whoever counts it (the metrics): a few calls, so
+    nothing here knows about Prometheus. Each is called once per event, in the process
+    where it happens (a job's start and end where the job runs)."""
+
+    def submitted(self, name: str) -> None: ...
+
+    def started(self, name: str) -> None: ...
+
+    def ended(self, name: str, outcome: str, seconds: float) -> None:
+        """`outcome` is "succeeded", "failed" or "retried"."""
+
+
+class NoJobEvents:
+    """Counts nothing: for backends built without metrics (tests, tools)."""
+
+    def submitted(self, name: str) -> None:
+        return None
+
+    def started(self, name: str) -> None:
+        return None
+
+    def ended(self, name: str, outcome: str, seconds: float) -> None:
+        return None
+
+
+NO_JOB_EVENTS = NoJobEvents()
+
+
 class JobBackend(Protocol):
     name: str
+    events: JobEvents
 
     async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
         """Record the job as queued and hand it on; raise JobBackendUnavailableError
@@ -44,6 +74,10 @@ class JobBackend(Protocol):
     async def aclose(self) -> None:
         """Release connections at shutdown."""
 
+    async def waiting_jobs(self) -> int | None:
+        """Jobs submitted and not started yet, or None when that cannot be known now
+        (its store is down): read for the queue-depth gauge at each scrape."""
+
 
 class JobQueue:
     """A backend bound to one request's after-response hook."""
@@ -62,6 +96,7 @@ class JobQueue:
             subject=subject_var.get(),
         )
         await self._backend.submit(job, self._run_after_response)
+        self._backend.events.submitted(name)
         return job.id
 
     async def get(self, job_id: str) -> JobState | None:

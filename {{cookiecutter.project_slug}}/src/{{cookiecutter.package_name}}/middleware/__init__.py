@@ -11,7 +11,7 @@ request id, timing and security headers.
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -27,6 +27,12 @@ from .jwks import JwksCache
 from .jwt_auth import JwtAuthMiddleware
 {%- endif %}
 {%- if cookiecutter.auth != "none" %}
+from .metrics import METRICS_PATH
+{%- endif %}
+
+if TYPE_CHECKING:
+    from ..observability.metric_families import ServiceMetrics
+{%- if cookiecutter.auth != "none" %}
 
 # Open without credentials: the health checks, for load balancers and orchestrators,
 # and the docs (while DOCS_ENABLED), for people, who authorize inside them.
@@ -35,20 +41,30 @@ OPEN_DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 
 def public_paths(settings: Settings) -> tuple[str, ...]:
-    return HEALTH_PATHS + (OPEN_DOCS_PATHS if settings.docs_enabled else ())
+    """The paths the auth layer lets through without credentials."""
+    docs = OPEN_DOCS_PATHS if settings.docs_enabled else ()
+    # Metrics (issue 9): /metrics needs credentials unless METRICS_PUBLIC is true.
+    metrics = (METRICS_PATH,) if settings.metrics_public else ()
+    return HEALTH_PATHS + docs + metrics
 {%- endif %}
 
 
-def middleware_stack(settings: Settings) -> list[Middleware]:
+def middleware_stack(settings: Settings, metrics: "ServiceMetrics") -> list[Middleware]:
     """The layers, outermost first."""
+    assert metrics.http is not None, "the API's metrics count HTTP"
     return [
         # Outermost, so every response (a 500, the 413 it sends, an auth layer's 401)
-        # has the request id and the headers and is logged, and every log line of the
-        # request carries the id. It is one layer for four concerns: see edge.py.
-        Middleware(EdgeMiddleware, max_body_bytes=settings.max_request_body_bytes),
+        # has the request id and the headers, is logged and is counted in the metrics,
+        # and every log line of the request carries the id. It is one layer for five
+        # concerns: see edge.py (and middleware/metrics.py for why metrics are one).
+        Middleware(
+            EdgeMiddleware,
+            max_body_bytes=settings.max_request_body_bytes,
+            metrics=metrics.http,
+        ),
         {%- if cookiecutter.auth == "token" %}
         # Rejects before the app reads a byte of the body; inside the edge layer, so
-        # its 401 carries the request id and is logged.
+        # its 401 carries the request id, is logged and is counted.
         Middleware(
             BearerAuthMiddleware,
             token=require_api_token(settings),
