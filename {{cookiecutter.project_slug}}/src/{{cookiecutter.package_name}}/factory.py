@@ -13,6 +13,9 @@ from .api.errors import install_error_handlers
 from .jobs import JobBackend, build_job_backend
 from .logs import configure_logging
 from .middleware import StackedFastAPI, middleware_stack
+{%- if cookiecutter.use_opentelemetry %}
+from .observability.tracing import setup_tracing
+{%- endif %}
 from .settings import Settings, load_settings
 from .stop_signals import on_stop_signals
 
@@ -66,12 +69,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    {%- if cookiecutter.use_opentelemetry %}
+    setup_tracing(settings)
+    {%- endif %}
     app = StackedFastAPI(
         title="{{ cookiecutter.project_name }}",
         version="{{ cookiecutter.version }}",
         lifespan=lifespan,
         # No `max_body_size`: the edge layer limits bodies, for less (middleware/body_limit.py).
         outer_middleware=middleware_stack(settings),
+        {%- if cookiecutter.use_opentelemetry %}
+        # FastAPI's own tracing would add a second server span for every request: the
+        # stack's tracing layer makes it (middleware/tracing.py).
+        telemetry={"tracing": False},
+        {%- endif %}
     )
     app.state.settings = settings
     app.state.job_backend = build_job_backend(settings)

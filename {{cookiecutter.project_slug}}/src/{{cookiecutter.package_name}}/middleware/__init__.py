@@ -22,13 +22,21 @@ from ..settings import Settings{% if cookiecutter.use_bearer_auth %}, require_ap
 from .bearer_auth import BearerAuthMiddleware
 {%- endif %}
 from .edge import EdgeMiddleware
+{%- if cookiecutter.use_opentelemetry %}
+from .tracing import TracingMiddleware
+{%- endif %}
 
 
 def middleware_stack(settings: Settings) -> list[Middleware]:
     """The layers, outermost first."""
     return [
-        # Outermost, so every response (a 500, the 413 it sends, an auth layer's 401)
-        # has the request id and the headers and is logged, and every log line of the
+        {%- if cookiecutter.use_opentelemetry %}
+        # Tracing (issue 9): outermost, so a request refused by any layer below (413,
+        # 401, 429) is traced too and every log line of the request has its trace id.
+        Middleware(TracingMiddleware),
+        {%- endif %}
+        # Outermost{% if cookiecutter.use_opentelemetry %} but for tracing{% endif %}, so every response (a 500, the 413 it sends, an auth
+        # layer's 401) has the request id and the headers and is logged, and every log line of the
         # request carries the id. It is one layer for four concerns: see edge.py.
         Middleware(EdgeMiddleware, max_body_bytes=settings.max_request_body_bytes),
         {%- if cookiecutter.use_bearer_auth %}

@@ -1,0 +1,1 @@
+"""Metrics, traces and error reports: set up once, from settings."""
