@@ -138,6 +138,10 @@ class Case:
     def bearer_auth(self) -> bool:
         return self.answers.get("use_bearer_auth", False) is True
 
+    @property
+    def opentelemetry(self) -> bool:
+        return self.answers.get("use_opentelemetry", False) is True
+
 
 DEFAULT_SLUG = "orders-service"
 
@@ -158,6 +162,8 @@ CASES: tuple[Case, ...] = (
             "project_name": "Northwind Logistics Realtime Shipment Tracking Gateway Service",
             "job_backend": "inprocess",
             "use_bearer_auth": False,
+            # Tracing (issue 9): its in-process bake, long imports included.
+            "use_opentelemetry": True,
             # The edge cases also cover the other choices of the remaining options.
             "ci_provider": "none",
             "license": "Proprietary",
@@ -170,6 +176,8 @@ CASES: tuple[Case, ...] = (
             "project_name": "Café Ünïcode Service",
             "job_backend": "celery",
             "use_bearer_auth": True,
+            # Tracing (issue 9): its Celery bake, with bearer auth.
+            "use_opentelemetry": True,
             "ci_provider": "gitlab",
             "license": "BSD-3-Clause",
         },
@@ -190,7 +198,11 @@ CASES: tuple[Case, ...] = (
 )
 
 # The answers whose dependency set is the largest: every other bake's is a subset.
-SUPERSET_ANSWERS: Mapping[str, Any] = {"job_backend": "celery", "use_bearer_auth": True}
+SUPERSET_ANSWERS: Mapping[str, Any] = {
+    "job_backend": "celery",
+    "use_bearer_auth": True,
+    "use_opentelemetry": True,
+}
 
 
 @dataclass(frozen=True)

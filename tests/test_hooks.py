@@ -308,10 +308,33 @@ def test_string_boolean_does_not_count_as_chosen() -> None:
     assert "API_TOKEN" not in env_text
 
 
+OTEL_DEPENDENCIES = [
+    "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry-instrumentation-asgi",
+    "opentelemetry-instrumentation-celery",
+    "opentelemetry-sdk",
+]
+
+
 def test_dependencies_to_remove() -> None:
-    assert POST.dependencies_to_remove(GOOD_ANSWERS) == []
-    removed = POST.dependencies_to_remove(answers(job_backend="inprocess"))
-    assert sorted(removed) == ["celery", "celery-types", "redis"]
+    assert POST.dependencies_to_remove(answers(use_opentelemetry=True)) == []
+    assert sorted(POST.dependencies_to_remove(GOOD_ANSWERS)) == OTEL_DEPENDENCIES
+    removed = POST.dependencies_to_remove(answers(job_backend="inprocess", use_opentelemetry=True))
+    assert sorted(removed) == [
+        "celery",
+        "celery-types",
+        "opentelemetry-instrumentation-celery",
+        "redis",
+    ]
+
+
+def test_the_celery_instrumentation_needs_both_celery_and_opentelemetry() -> None:
+    """It belongs to two features, and stays only where both are chosen."""
+    for backend, traced in (("celery", False), ("inprocess", True), ("inprocess", False)):
+        removed = POST.dependencies_to_remove(
+            answers(job_backend=backend, use_opentelemetry=traced)
+        )
+        assert "opentelemetry-instrumentation-celery" in removed
 
 
 SAMPLE_PYPROJECT = """\
@@ -631,7 +654,9 @@ def test_env_file_is_created_owner_only_not_narrowed_afterwards(
     (project / "pyproject.toml").write_text('dependencies = [\n    "fastapi",\n]\n')
     for removed in (".gitlab-ci.yml", "renovate.json"):  # what the chosen ci_provider removes
         (project / removed).write_text("")
-    chosen = answers(use_bearer_auth=True, job_backend="celery", ci_provider="github")
+    chosen = answers(
+        use_bearer_auth=True, job_backend="celery", ci_provider="github", use_opentelemetry=True
+    )
     locks = project / POST.LOCKS_DIR  # the hook keeps the chosen answers' lock
     locks.mkdir()
     (locks / POST.lock_name(chosen)).write_text("")

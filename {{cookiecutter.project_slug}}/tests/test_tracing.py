@@ -1,11 +1,12 @@
-"""Traces leave the processes as a collector receives them: real servers{% if cookiecutter.job_backend == "celery" %} and a real
-worker{% endif %} exporting OTLP/HTTP to a receiver of the tests' own on loopback (`otlp_receiver.py`)."""
+"""Traces leave the processes as a collector receives them: real servers{% if cookiecutter.job_backend == "celery" %} and a real worker{% endif %}
+exporting OTLP/HTTP to a receiver of the tests' own on loopback (`otlp_receiver.py`)."""
 
 import io
 import json
 import logging
 import os
 import secrets
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ from tests import otlp_receiver as otlp
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
 from tests.support import (
+    {%- if cookiecutter.use_bearer_auth %}
+    API_TOKEN,
+    {%- endif %}
     AUTH_HEADERS,
     PACKAGE,
     make_settings,
@@ -28,9 +32,6 @@ from tests.support import (
     wait_until,
     with_source_on_path,
 )
-{%- if cookiecutter.use_bearer_auth %}
-from tests.support import API_TOKEN
-{%- endif %}
 
 
 def exporting_to(receiver: otlp.OtlpReceiver, service: str) -> dict[str, str]:
@@ -116,7 +117,7 @@ def test_log_lines_inside_a_span_carry_its_ids_in_both_formats() -> None:
 # Run in a fresh process (the tracer provider is set once per process): build the app
 # from the environment, serve a few requests and flush, recording every connect() the
 # process makes (Python's audit events: no mock in the way), then list the threads.
-PROBE = {% raw %}"""
+PROBE = string.Template("""
 import json, sys, threading
 connected = []
 def record_connects(event, args):
@@ -126,15 +127,15 @@ sys.addaudithook(record_connects)
 
 from opentelemetry import trace
 from starlette.testclient import TestClient
-from {package}.factory import create_app
+from $package.factory import create_app
 
-with TestClient(create_app(), headers={headers!r}) as client:
+with TestClient(create_app(), headers=$headers) as client:
     for _ in range(3):
         client.get("/health/live")
-        client.get("/jobs/0123", headers={{"traceparent": "00-{trace_id}-{span_id}-01"}})
+        client.get("/jobs/0123", headers={"traceparent": "00-$trace_id-$span_id-01"})
 trace.get_tracer_provider().force_flush()
-print(json.dumps({{"threads": [t.name for t in threading.enumerate()], "ports": connected}}))
-"""{% endraw %}
+print(json.dumps({"threads": [t.name for t in threading.enumerate()], "ports": connected}))
+""")
 
 
 def probe(tmp_path: Path, **env: str) -> dict[str, Any]:
@@ -146,9 +147,9 @@ def probe(tmp_path: Path, **env: str) -> dict[str, Any]:
         **env,
     }
     environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    script = PROBE.format(
+    script = PROBE.substitute(
         package=PACKAGE,
-        headers=AUTH_HEADERS,
+        headers=repr(AUTH_HEADERS),
         trace_id=secrets.token_hex(16),
         span_id=secrets.token_hex(8),
     )

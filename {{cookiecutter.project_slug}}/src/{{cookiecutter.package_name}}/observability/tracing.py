@@ -20,14 +20,12 @@ instrumentation reads it back and makes the task's span its child.
 from __future__ import annotations
 
 import logging
-{%- if cookiecutter.job_backend == "celery" %}
+{% if cookiecutter.job_backend == "celery" -%}
 from typing import Any
-{%- endif %}
-
-{%- if cookiecutter.job_backend == "celery" %}
 
 from celery import signals
-{%- endif %}
+{% else %}
+{% endif -%}
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 {%- if cookiecutter.job_backend == "celery" %}
