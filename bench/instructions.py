@@ -26,14 +26,31 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from middleware_cost import bare_app, drive, import_generated, lifespan
+from middleware_cost import (
+    bare_app,
+    drive,
+    exporting_to_sink,
+    has_tracing,
+    import_generated,
+    lifespan,
+    without_tracing,
+)
 
 VARIANTS = {
     "bare": ("FastAPI, one route, no middleware", "WARNING"),
     "generated_app_no_mw": ("generated app with its middleware list emptied", "WARNING"),
     "generated_stack": ("generated app, log level WARNING", "WARNING"),
     "generated_stack_info_logging": ("generated app, INFO: one JSON access line", "INFO"),
+    # Projects baked with use_opentelemetry only (their `generated_stack` traces every
+    # request, with no endpoint: nothing exported). Only this thread's instructions are
+    # counted: the exporter's own thread is not.
+    "generated_stack_no_tracing": ("generated app, WARNING, tracing layer taken out", "WARNING"),
+    "generated_stack_tracing_exporting": (
+        "generated app, WARNING, every span exported over OTLP/HTTP to a local sink",
+        "WARNING",
+    ),
 }
+TRACING_VARIANTS = ("generated_stack_no_tracing", "generated_stack_tracing_exporting")
 
 
 def child(project: Path, variant: str, requests: int) -> None:
@@ -46,6 +63,10 @@ def child(project: Path, variant: str, requests: int) -> None:
         app = generated.factory.create_app(generated.settings_for(log_level))
         if variant == "generated_app_no_mw":
             app.outer_middleware = []
+        elif variant == "generated_stack_no_tracing":
+            without_tracing(app)
+        elif variant == "generated_stack_tracing_exporting":
+            exporting_to_sink(app)
     generated.logs.configure_logging(log_level, "json", stream=open(os.devnull, "w"))  # noqa: SIM115
 
     async def main() -> None:
@@ -95,16 +116,18 @@ def main() -> int:
     if shutil.which("valgrind") is None:
         print("needs valgrind on PATH (Debian/Ubuntu: apt-get install valgrind)", file=sys.stderr)
         return 2
+    traced = has_tracing(import_generated(args.project.resolve()))
+    variants = [v for v in VARIANTS if traced or v not in TRACING_VARIANTS]
     with (
         tempfile.TemporaryDirectory(prefix="instructions-") as workdir,
         ThreadPoolExecutor(3) as pool,
     ):
         counts = dict(
             zip(
-                VARIANTS,
+                variants,
                 pool.map(
                     lambda v: count(args.project.resolve(), v, args.requests, Path(workdir)),
-                    VARIANTS,
+                    variants,
                 ),
                 strict=True,
             )
@@ -118,8 +141,8 @@ def main() -> int:
             f"| {instructions - bare:+,} |"
         )
     print("\nVariants:\n")
-    for variant, (description, _) in VARIANTS.items():
-        print(f"- `{variant}`: {description}")
+    for variant in variants:
+        print(f"- `{variant}`: {VARIANTS[variant][0]}")
     return 0
 
 
