@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import pytest
 from opentelemetry import trace
 
+from {{ cookiecutter.package_name }} import settings as settings_module
 from {{ cookiecutter.package_name }}.logs import configure_logging
 from {{ cookiecutter.package_name }}.observability import tracing
 from tests import otlp_receiver as otlp
@@ -112,6 +114,18 @@ def test_log_lines_inside_a_span_carry_its_ids_in_both_formats() -> None:
             assert f"trace_id={trace_id} span_id={span_id}" in inside
             assert "trace_id=- span_id=-" in outside
     configure_logging("INFO", "text")
+
+
+def test_an_endpoint_that_is_not_an_http_url_stops_start_up_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")  # no scheme
+    with pytest.raises(settings_module.SettingsError) as refused:
+        settings_module.load_settings()
+    message = str(refused.value)
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in message
+    assert "http://" in message
+    assert "\n" not in message
 
 
 # Run in a fresh process (the tracer provider is set once per process): build the app
