@@ -31,11 +31,14 @@ from middleware_cost import (
     bare_app,
     bare_with_instrumentator,
     drive,
+    exporting_to_sink,
     generated_without_metrics,
+    has_tracing,
     import_generated,
     instrumentator_installed,
     jwt_bench,
     lifespan,
+    without_tracing,
 )
 
 VARIANTS = {
@@ -53,9 +56,18 @@ VARIANTS = {
     # Its own process here, as every variant: the instrumentation is process-wide.
     "generated_stack_sentry": ("generated app, WARNING, SENTRY_DSN set", "WARNING"),
     "generated_stack_sentry_info_logging": ("generated app, INFO, SENTRY_DSN set", "INFO"),
+    # Projects baked with use_opentelemetry only (their `generated_stack` traces every
+    # request, with no endpoint: nothing exported). Only this thread's instructions are
+    # counted: the exporter's own thread is not.
+    "generated_stack_no_tracing": ("generated app, WARNING, tracing layer taken out", "WARNING"),
+    "generated_stack_tracing_exporting": (
+        "generated app, WARNING, every span exported over OTLP/HTTP to a local sink",
+        "WARNING",
+    ),
 }
 # Never reached: a 200 sends no report, and nothing listens on port 9 (discard).
 BENCH_SENTRY_DSN = "http://benchmark@127.0.0.1:9/1"
+TRACING_VARIANTS = ("generated_stack_no_tracing", "generated_stack_tracing_exporting")
 
 
 def child(project: Path, variant: str, requests: int) -> None:
@@ -94,6 +106,10 @@ def child(project: Path, variant: str, requests: int) -> None:
         app = generated.factory.create_app(settings)
         if variant == "generated_app_no_mw":
             app.outer_middleware = []
+        elif variant == "generated_stack_no_tracing":
+            without_tracing(app)
+        elif variant == "generated_stack_tracing_exporting":
+            exporting_to_sink(app)
     generated.logs.configure_logging(log_level, "json", stream=open(os.devnull, "w"))  # noqa: SIM115
 
     async def main() -> None:
@@ -147,11 +163,13 @@ def main() -> int:
         print("needs valgrind on PATH (Debian/Ubuntu: apt-get install valgrind)", file=sys.stderr)
         return 2
     project = args.project.resolve()
+    traced = has_tracing(import_generated(project))
     variants = [
         v
         for v in VARIANTS
         if (v not in JWT_VARIANTS or any(project.glob("src/*/middleware/jwt_auth.py")))
         and (v != "bare_instrumentator" or instrumentator_installed())
+        and (traced or v not in TRACING_VARIANTS)
     ]
     with (
         tempfile.TemporaryDirectory(prefix="instructions-") as workdir,

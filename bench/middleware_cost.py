@@ -123,6 +123,89 @@ def import_generated(project: Path) -> Generated:
     )
 
 
+# --------------------------------------------------------------------------- tracing
+# (projects baked with use_opentelemetry)
+
+TRACING_LAYER = "TracingMiddleware"
+
+
+class TraceSink:
+    """A local OTLP/HTTP endpoint that accepts every export (200, empty reply) and reads
+    nothing into it: where the exporting variant's spans go, on loopback, in a thread."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Accept(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a collector does
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Accept)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+
+
+def has_tracing(generated: Generated) -> bool:
+    return "otel_service_name" in generated.settings.Settings.model_fields
+
+
+def without_tracing(app: Any) -> Any:
+    """The app with its tracing layer taken out of the stack (read at the first request)."""
+    app.outer_middleware = [m for m in app.outer_middleware if m.cls.__name__ != TRACING_LAYER]
+    return app
+
+
+def exporting_to_sink(app: Any) -> Any:
+    """The app with its tracing layer on a provider of its own that exports every span
+    (batched, in the exporter's thread) to a `TraceSink`. The process's global provider
+    is set once, so this variant cannot take it over."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from starlette.middleware import Middleware
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=TraceSink().url)))
+    app.outer_middleware = [
+        Middleware(m.cls, tracer_provider=provider) if m.cls.__name__ == TRACING_LAYER else m
+        for m in app.outer_middleware
+    ]
+    return app
+
+
+def tracing_variants(generated: Generated) -> list[Variant]:
+    """Rows for a use_opentelemetry bake; its `generated_stack` has tracing on (every
+    span sampled, no endpoint: nothing exported), as the service runs by default."""
+    if not has_tracing(generated):
+        return []
+
+    def app() -> Any:
+        return generated.factory.create_app(generated.settings_for("WARNING"))
+
+    return [
+        Variant(
+            "generated_stack_no_tracing",
+            "generated app, WARNING, its tracing layer taken out",
+            lambda: without_tracing(app()),
+        ),
+        Variant(
+            "generated_stack_tracing_exporting",
+            "generated app, WARNING, every span exported over OTLP/HTTP to a local sink",
+            lambda: exporting_to_sink(app()),
+        ),
+    ]
+
+
 # --------------------------------------------------------------------------- the variants
 
 
@@ -134,7 +217,10 @@ async def live() -> dict[str, str]:
 def bare_app() -> Any:
     from fastapi import FastAPI
 
-    app = FastAPI()
+    # FastAPI's own tracing switches itself on once a tracer provider is set, as the
+    # generated app of a use_opentelemetry bake does in this process: the baseline
+    # stays untraced.
+    app = FastAPI(telemetry={"tracing": False})
     app.get(PATH)(live)
     return app
 
@@ -365,6 +451,7 @@ def variants_for(generated: Generated, progress: Callable[[str], None]) -> list[
             generated_app("INFO"),
             log_level="INFO",
         ),
+        *tracing_variants(generated),
     ]
 
 

@@ -56,7 +56,9 @@ FEATURES: tuple[Feature, ...] = (
             "tests/test_broker_messages.py",
             "tests/test_celery_worker.py",
         ),
-        dependencies=("celery", "redis", "celery-types"),
+        # The Celery instrumentation belongs to both this and use_opentelemetry: it
+        # stays only when both are chosen.
+        dependencies=("celery", "redis", "celery-types", "opentelemetry-instrumentation-celery"),
     ),
     Feature(
         option="auth",
@@ -81,6 +83,22 @@ FEATURES: tuple[Feature, ...] = (
             "tests/test_jwt_auth.py",
         ),
         dependencies=("pyjwt",),
+    ),
+    Feature(
+        option="use_opentelemetry",
+        values=(True,),
+        paths=(
+            "src/{package_name}/observability/tracing.py",
+            "src/{package_name}/middleware/tracing.py",
+            "tests/otlp_receiver.py",
+            "tests/test_tracing.py",
+        ),
+        dependencies=(
+            "opentelemetry-sdk",
+            "opentelemetry-exporter-otlp-proto-http",
+            "opentelemetry-instrumentation-asgi",
+            "opentelemetry-instrumentation-celery",
+        ),
     ),
     Feature(option="ci_provider", values=("github",), paths=(".github",)),
     # GitLab has no Dependabot: Renovate updates pyproject.toml and uv.lock together.

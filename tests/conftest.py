@@ -138,6 +138,10 @@ class Case:
     def auth(self) -> str:
         return str(self.answers.get("auth", "none"))
 
+    @property
+    def opentelemetry(self) -> bool:
+        return self.answers.get("use_opentelemetry", False) is True
+
 
 DEFAULT_SLUG = "orders-service"
 
@@ -165,6 +169,8 @@ CASES: tuple[Case, ...] = (
             "job_backend": "inprocess",
             # The JWT code must wrap under a long package name too.
             "auth": "jwt",
+            # Tracing (issue 9): its in-process bake, long imports included.
+            "use_opentelemetry": True,
             # The edge cases also cover the other choices of the remaining options.
             "ci_provider": "none",
             "license": "Proprietary",
@@ -177,6 +183,8 @@ CASES: tuple[Case, ...] = (
             "project_name": "Café Ünïcode Service",
             "job_backend": "celery",
             "auth": "token",
+            # Tracing (issue 9): its Celery bake, with token auth.
+            "use_opentelemetry": True,
             "ci_provider": "gitlab",
             "license": "BSD-3-Clause",
         },
@@ -197,7 +205,11 @@ CASES: tuple[Case, ...] = (
 )
 
 # The answers whose dependency set is the largest: every other bake's is a subset.
-SUPERSET_ANSWERS: Mapping[str, Any] = {"job_backend": "celery", "auth": "jwt"}
+SUPERSET_ANSWERS: Mapping[str, Any] = {
+    "job_backend": "celery",
+    "auth": "jwt",
+    "use_opentelemetry": True,
+}
 
 
 @dataclass(frozen=True)

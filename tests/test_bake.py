@@ -36,6 +36,10 @@ CELERY_RE = re.compile(r"celery|redis", re.IGNORECASE)
 ANY_AUTH_RE = re.compile(r"api_token|bearer|jwt|jwks", re.IGNORECASE)
 JWT_RE = re.compile(r"jwt|jwks|require_scopes", re.IGNORECASE)
 STATIC_TOKEN_RE = re.compile(r"api_token|bearer_auth|BearerAuthMiddleware|TokenHolder|fingerprint")
+OTEL_RE = re.compile(r"opentelemetry|otel_|traceparent|trace_id|span_id|tracing", re.IGNORECASE)
+# FastAPI itself depends on the OpenTelemetry API (for its own optional telemetry), so
+# every lock names that one package; nothing else of OpenTelemetry may be there.
+FASTAPI_OTEL_API_RE = re.compile(r'"opentelemetry-api"|opentelemetry_api-')
 REQUIREMENT_NAME_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 MAX_LISTED = 40  # offending lines shown in a failure message
 
@@ -209,6 +213,18 @@ def test_no_static_token_traces_with_jwt_auth(bakery: Bakery, case: Case) -> Non
     baked = bakery.get(case)
     found = auth_mentions(baked, STATIC_TOKEN_RE)
     assert not found, "static-token traces with auth=jwt:\n" + listing(found)
+
+
+@pytest.mark.parametrize("case", case_params(lambda case: not case.opentelemetry))
+def test_no_opentelemetry_traces(bakery: Bakery, case: Case) -> None:
+    """Contract: without use_opentelemetry, no OpenTelemetry code, dependency or doc line."""
+    baked = bakery.get(case)
+    found = [
+        line
+        for line in mentions(baked.path, baked.files, OTEL_RE)
+        if not (line.startswith("uv.lock:") and FASTAPI_OTEL_API_RE.search(line))
+    ]
+    assert not found, "OpenTelemetry traces with use_opentelemetry=false:\n" + listing(found)
 
 
 def api_token(project: Path) -> str:

@@ -319,12 +319,35 @@ def test_each_auth_choice_keeps_its_own_files_only() -> None:
 AUTHS = ("none", "token", "jwt")
 
 
+OTEL_DEPENDENCIES = [
+    "opentelemetry-exporter-otlp-proto-http",
+    "opentelemetry-instrumentation-asgi",
+    "opentelemetry-instrumentation-celery",
+    "opentelemetry-sdk",
+]
+
+
 def test_dependencies_to_remove() -> None:
-    # The defaults: Celery, no auth (so no JWT library).
-    assert POST.dependencies_to_remove(GOOD_ANSWERS) == ["pyjwt"]
-    assert POST.dependencies_to_remove(answers(auth="jwt")) == []
-    removed = POST.dependencies_to_remove(answers(job_backend="inprocess"))
-    assert sorted(removed) == ["celery", "celery-types", "pyjwt", "redis"]
+    # The defaults: Celery, no auth (so no JWT library), no tracing.
+    assert sorted(POST.dependencies_to_remove(GOOD_ANSWERS)) == sorted(["pyjwt", *OTEL_DEPENDENCIES])
+    assert POST.dependencies_to_remove(answers(auth="jwt", use_opentelemetry=True)) == []
+    removed = POST.dependencies_to_remove(answers(job_backend="inprocess", use_opentelemetry=True))
+    assert sorted(removed) == [
+        "celery",
+        "celery-types",
+        "opentelemetry-instrumentation-celery",
+        "pyjwt",
+        "redis",
+    ]
+
+
+def test_the_celery_instrumentation_needs_both_celery_and_opentelemetry() -> None:
+    """It belongs to two features, and stays only where both are chosen."""
+    for backend, traced in (("celery", False), ("inprocess", True), ("inprocess", False)):
+        removed = POST.dependencies_to_remove(
+            answers(job_backend=backend, use_opentelemetry=traced)
+        )
+        assert "opentelemetry-instrumentation-celery" in removed
 
 
 SAMPLE_PYPROJECT = """\
@@ -643,7 +666,9 @@ def test_env_file_is_created_owner_only_not_narrowed_afterwards(
     project = tmp_path / "project"
     project.mkdir()
     (project / "pyproject.toml").write_text('dependencies = [\n    "fastapi",\n]\n')
-    chosen = answers(auth="token", job_backend="celery", ci_provider="github")
+    chosen = answers(
+        auth="token", job_backend="celery", ci_provider="github", use_opentelemetry=True
+    )
     for removed in POST.paths_to_remove(chosen):  # what the unchosen features own
         (project / removed).parent.mkdir(parents=True, exist_ok=True)
         (project / removed).write_text("")

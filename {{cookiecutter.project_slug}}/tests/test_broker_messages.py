@@ -9,6 +9,9 @@ it pops without a guard, and before `jobs/broker.py` each of these stopped the w
 import base64
 import json
 import pickle
+{%- if cookiecutter.use_opentelemetry %}
+import re
+{%- endif %}
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,16 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 from {{ cookiecutter.package_name }}.jobs import broker, celery_app
+{%- if cookiecutter.use_opentelemetry %}
+from {{ cookiecutter.package_name }}.observability import tracing
+{%- endif %}
 from tests.celery_processes import RedisServer, running_worker
 from tests.support import make_settings, wait_until
 
 QUEUE = "celery"
+{%- if cookiecutter.use_opentelemetry %}
+TRACEPARENT_RE = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+{%- endif %}
 GOOD_HEADERS = {"task": celery_app.RUN_JOB_TASK, "id": "not-a-job", "lang": "py"}
 GOOD_PROPERTIES = {
     "body_encoding": "base64",
@@ -87,9 +96,11 @@ def test_the_api_writes_the_message_celery_itself_would_write(private_redis: Red
     with its own pipeline. Field for field, each is what `send_task` pushes through
     kombu's transport, apart from the tag kombu draws for every message: a Celery or
     kombu release that changes the message, or where it goes, fails here."""
-    app = celery_app.create_celery_app(
-        make_settings(jobs_backend="celery", redis_url=private_redis.url)
-    )
+    settings = make_settings(jobs_backend="celery", redis_url=private_redis.url)
+    app = celery_app.create_celery_app(settings)
+    {%- if cookiecutter.use_opentelemetry %}
+    tracing.setup_tracing(settings)  # as create_app does: the publish signals are hooked
+    {%- endif %}
     args = ("build_report", {"rows": 3, "simulate_seconds": 0.5})
     headers = {celery_app.REQUEST_ID_HEADER: "the-request-id"}
     client = redis.Redis.from_url(private_redis.url)
@@ -102,6 +113,13 @@ def test_the_api_writes_the_message_celery_itself_would_write(private_redis: Red
         broker.encode_task_message(app, celery_app.RUN_JOB_TASK, "job-1", args, headers, QUEUE)
     )
     tags = [m["properties"].pop("delivery_tag") for m in (ours, celerys)]
+    {%- if cookiecutter.use_opentelemetry %}
+    # Each publish has a span of its own, so a traceparent of its own (same trace
+    # format, another span id): see observability/tracing.py.
+    parents = [m["headers"].pop("traceparent") for m in (ours, celerys)]
+    assert all(TRACEPARENT_RE.fullmatch(parent) for parent in parents), parents
+    assert parents[0] != parents[1]
+    {%- endif %}
     assert ours == celerys
     assert tags[0] != tags[1]
     assert uuid.UUID(tags[0])

@@ -202,6 +202,19 @@ def test_a_500_is_reported_with_its_request_id_and_no_credential(sink: EnvelopeS
     assert event["request"]["url"].endswith("/probe/boom")
     assert event["request"]["headers"]["authorization"] == "[Filtered]"
     assert_no_secret_in(sink)
+{%- if cookiecutter.use_opentelemetry %}
+
+
+@pytest.mark.usefixtures("reporting")
+def test_a_500_is_reported_with_the_trace_id_of_its_request(sink: EnvelopeSink) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    with client_for(reporting_app(sink)) as http:
+        assert http.get("/probe/boom", headers={"traceparent": traceparent}).status_code == 500
+    sentry_sdk.flush(timeout=5)
+    [event] = sink.events()
+    assert event["tags"]["trace_id"] == trace_id
+{%- endif %}
 
 
 @pytest.mark.usefixtures("reporting")

@@ -54,6 +54,9 @@ def record_at(created: float, **attributes: object) -> logging.LogRecord:
     record.created = created
     record.msecs = int((created - int(created)) * 1000) + 0.0  # as LogRecord does
     record.request_id = "trace-logs"
+    {%- if cookiecutter.use_opentelemetry %}
+    record.trace_id = record.span_id = "-"  # outside a span, as the handler stamps it
+    {%- endif %}
     return record
 
 
@@ -90,6 +93,10 @@ def test_json_has_extra_fields_at_the_top_level_and_any_value_as_text() -> None:
         "logger": "svc.access",
         "message": "GET /health/live 200",
         "request_id": "trace-logs",
+        {%- if cookiecutter.use_opentelemetry %}
+        "trace_id": "-",
+        "span_id": "-",
+        {%- endif %}
         "http": {"status": 200},
         "thing": "opaque",
     }

@@ -15,6 +15,9 @@ from .logs import configure_logging
 from .middleware import StackedFastAPI, middleware_stack
 from .observability.errors import setup_error_reporting
 from .observability.metrics import setup_metrics
+{%- if cookiecutter.use_opentelemetry %}
+from .observability.tracing import setup_tracing
+{%- endif %}
 from .settings import Settings, load_settings
 from .stop_signals import on_stop_signals
 
@@ -71,6 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Before the app and its middleware exist: sentry_sdk instruments Starlette's classes.
     setup_error_reporting(settings)
     metrics = setup_metrics(settings)
+    {%- if cookiecutter.use_opentelemetry %}
+    setup_tracing(settings)
+    {%- endif %}
     app = StackedFastAPI(
         title="{{ cookiecutter.project_name }}",
         version="{{ cookiecutter.version }}",
@@ -79,6 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if settings.docs_enabled else None,
         # No `max_body_size`: the edge layer limits bodies, for less (middleware/body_limit.py).
         outer_middleware=middleware_stack(settings, metrics),
+        {%- if cookiecutter.use_opentelemetry %}
+        # FastAPI's own tracing would add a second server span for every request: the
+        # stack's tracing layer makes it (middleware/tracing.py).
+        telemetry={"tracing": False},
+        {%- endif %}
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -1,7 +1,8 @@
 """Logging, configured once for the whole process: the service, uvicorn and libraries.
 
 Every line carries the id of the request it belongs to (or `-` outside a request),
-read from the request-id context variable by the one handler.
+read from the request-id context variable by the one handler{% if cookiecutter.use_opentelemetry %};
+and, inside a span, its `trace_id` and `span_id` (else `-`), so a line leads to its trace{% endif %}.
 
 Lines hold what clients send (paths, headers, job fields). In text format, control
 characters in them are escaped, so `/x%0aFORGED-LINE` cannot write a second line and
@@ -17,12 +18,22 @@ import time
 from typing import Any, TextIO
 
 import orjson
+{%- if cookiecutter.use_opentelemetry %}
+from opentelemetry.trace import get_current_span
+{%- endif %}
 from pydantic import ValidationError
 
 from .context import request_id_var, subject_var
 from .settings import LoggingSettings
 
+{% if cookiecutter.use_opentelemetry -%}
+TEXT_FORMAT = (
+    "%(asctime)s %(levelname)-8s [%(request_id)s] "
+    "[trace_id=%(trace_id)s span_id=%(span_id)s] %(name)s: %(message)s"
+)
+{%- else -%}
 TEXT_FORMAT = "%(asctime)s %(levelname)-8s [%(request_id)s] %(name)s: %(message)s"
+{%- endif %}
 
 # Attributes every LogRecord has, and uvicorn's `color_message` (its message with
 # terminal colour codes: noise in a JSON line); anything else came from `extra=`.
@@ -140,6 +151,16 @@ class ServiceLogHandler(logging.StreamHandler[TextIO]):
         # Who asked (issue 11): a field of JSON lines, only when there is someone.
         if (subject := subject_var.get()) is not None and "subject" not in record.__dict__:
             record.subject = subject
+        {%- if cookiecutter.use_opentelemetry %}
+        if "trace_id" not in record.__dict__:
+            # The ids as trace backends show them: 32 and 16 hex digits.
+            span_context = get_current_span().get_span_context()
+            if span_context.is_valid:
+                record.trace_id = format(span_context.trace_id, "032x")
+                record.span_id = format(span_context.span_id, "016x")
+            else:
+                record.trace_id = record.span_id = "-"
+        {%- endif %}
         # `StreamHandler.emit`, less a second lock round and attribute checks for the
         # flush: `handle` holds the lock already. One write and one flush a line, so
         # lines of several processes on one stream never interleave.

@@ -3,6 +3,9 @@
 Values come from the environment, then from a `.env` file in the working directory.
 """
 
+{% if cookiecutter.use_opentelemetry -%}
+import re
+{% endif -%}
 from typing import {% if cookiecutter.auth == "jwt" %}Annotated, {% endif %}Literal
 {%- if cookiecutter.auth == "jwt" %}
 from urllib.parse import urlsplit
@@ -12,6 +15,10 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, {% if cookiecutter.auth == "jwt" %}NoDecode, {% endif %}SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+{%- if cookiecutter.use_opentelemetry %}
+
+OTLP_URL_RE = re.compile(r"https?://[^/\s?#]+(?:[/?#]\S*)?")
+{%- endif %}
 {%- if cookiecutter.auth == "token" %}
 
 MIN_API_TOKEN_LENGTH = 16
@@ -249,6 +256,35 @@ class Settings(LoggingSettings):
         ),
     )
 {%- endif %}
+
+    {%- if cookiecutter.use_opentelemetry %}
+    # Tracing (issue 9). The SDK reads the other OTEL_* variables (OTEL_TRACES_SAMPLER,
+    # OTEL_EXPORTER_OTLP_HEADERS, OTEL_BSP_SCHEDULE_DELAY...) from the environment itself.
+    otel_exporter_otlp_endpoint: str = Field(
+        default="",
+        description=(
+            "Base URL of an OTLP/HTTP collector (traces go to <url>/v1/traces); "
+            "empty: no exporter, nothing is sent."
+        ),
+    )
+    otel_exporter_otlp_traces_endpoint: str = Field(
+        default="",
+        description="Full OTLP/HTTP URL for traces; overrides OTEL_EXPORTER_OTLP_ENDPOINT.",
+    )
+    otel_service_name: str = Field(
+        default="{{ cookiecutter.project_slug }}",
+        min_length=1,
+        description="The service.name of every span, from the API and from the workers.",
+    )
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint")
+    @classmethod
+    def _http_url_or_empty(cls, value: str) -> str:
+        # Checked here: the SDK would only log a warning per export, and send nothing.
+        if value and not OTLP_URL_RE.match(value):
+            raise ValueError("must be an http:// or https:// URL with a host, or empty")
+        return value
+    {%- endif %}
 
     # Error reporting (issue 9)
     sentry_dsn: SecretStr | None = Field(

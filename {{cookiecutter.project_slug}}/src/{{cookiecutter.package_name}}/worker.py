@@ -12,6 +12,9 @@ from .jobs.celery_app import create_celery_app
 from .logs import configure_logging
 from .observability.errors import setup_error_reporting
 from .observability.metrics import setup_worker_metrics
+{%- if cookiecutter.use_opentelemetry %}
+from .observability.tracing import setup_worker_tracing
+{%- endif %}
 from .settings import SettingsError, load_settings
 
 try:
@@ -50,3 +53,12 @@ def _serve_metrics(**_: Any) -> None:
 def _stop_metrics(**_: Any) -> None:
     if metrics is not None:
         metrics.close()
+{%- if cookiecutter.use_opentelemetry %}
+
+
+@signals.worker_process_init.connect
+def _trace_jobs(**_: Any) -> None:
+    # In each pool process, after the fork: the export thread and the instrumentation's
+    # hooks must live where the tasks run (prefork).
+    setup_worker_tracing(settings)
+{%- endif %}

@@ -72,7 +72,7 @@ def encode_task_message(
     Only the default route is written: the anonymous exchange, straight to `queue`, at
     priority 0 (kombu's list for that priority is the queue's own name). Celery's
     `before_task_publish` and `after_task_publish` signals fire as for `send_task`, so
-    that what hooks into them (tracing headers) keeps working.
+    that what hooks into them (headers added to the message) keeps working.
     """
     argsrepr = repr(args)  # Celery's `saferepr` is a third of building the message
     task_headers, properties, body, _ = app.amqp.create_task_message(

@@ -29,6 +29,9 @@ from .jwt_auth import JwtAuthMiddleware
 {%- if cookiecutter.auth != "none" %}
 from .metrics import METRICS_PATH
 {%- endif %}
+{%- if cookiecutter.use_opentelemetry %}
+from .tracing import TracingMiddleware
+{%- endif %}
 
 if TYPE_CHECKING:
     from ..observability.metric_families import ServiceMetrics
@@ -53,7 +56,12 @@ def middleware_stack(settings: Settings, metrics: "ServiceMetrics") -> list[Midd
     """The layers, outermost first."""
     assert metrics.http is not None, "the API's metrics count HTTP"
     return [
-        # Outermost, so every response (a 500, the 413 it sends, an auth layer's 401)
+        {%- if cookiecutter.use_opentelemetry %}
+        # Tracing (issue 9): outermost, so a request refused by any layer below (413,
+        # 401, 429) is traced too and every log line of the request has its trace id.
+        Middleware(TracingMiddleware),
+        {%- endif %}
+        # Outermost{% if cookiecutter.use_opentelemetry %} but for tracing{% endif %}, so every response (a 500, the 413 it sends, an auth layer's 401)
         # has the request id and the headers, is logged and is counted in the metrics,
         # and every log line of the request carries the id. It is one layer for five
         # concerns: see edge.py (and middleware/metrics.py for why metrics are one).

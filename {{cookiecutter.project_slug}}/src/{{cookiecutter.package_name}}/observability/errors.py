@@ -12,8 +12,8 @@ fails: a retry that later succeeds is no failure.
 backend that is down, and a job that refused its own params (`JobInputError`): those
 are the caller's mistake or an outage, not a bug here.
 
-Each report carries the request id as the tag `request_id`, read when the report is
-made: the same id as the response's X-Request-ID and every log line of the request
+Each report carries the request id as the tag `request_id`{% if cookiecutter.use_opentelemetry %} (and the trace id as
+`trace_id`){% endif %}, read when the report is made: the same id as the response's X-Request-ID and every log line of the request
 or of its job. Secrets stay in the process: no request bodies, cookies or local
 variables are collected, credential headers are blanked, and any text holding a
 secret setting ({% if cookiecutter.auth == "token" %}API_TOKEN, {% endif %}a password in a URL) is replaced, wherever it appears.
@@ -24,6 +24,9 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+{%- if cookiecutter.use_opentelemetry %}
+from opentelemetry import trace
+{%- endif %}
 from pydantic import SecretStr
 
 from ..context import request_id_var
@@ -152,8 +155,12 @@ def prepared_report(event: "Event", hint: "Hint", secrets: tuple[str, ...]) -> "
     request_id = request_id_var.get()
     if request_id is not None:
         event.setdefault("tags", {})["request_id"] = request_id
-    # Where the service traces requests, the current span's trace id joins the request
-    # id here, as the tag `trace_id`.
+    {%- if cookiecutter.use_opentelemetry %}
+    # And the trace id, so that a report leads to its trace (middleware/tracing.py).
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event.setdefault("tags", {})["trace_id"] = format(span_context.trace_id, "032x")
+    {%- endif %}
     request = event.get("request")
     if isinstance(request, dict):
         request.pop("cookies", None)
