@@ -21,13 +21,19 @@ from ..settings import Settings{% if cookiecutter.use_bearer_auth %}, require_ap
 {%- if cookiecutter.use_bearer_auth %}
 from .bearer_auth import BearerAuthMiddleware
 {%- endif %}
+from .cors import cors_layers
 from .edge import EdgeMiddleware
+from .rate_limit import rate_limit_layers
 
 
 def middleware_stack(settings: Settings) -> list[Middleware]:
     """The layers, outermost first."""
     return [
-        # Outermost, so every response (a 500, the 413 it sends, an auth layer's 401)
+        # CORS (when CORS_ALLOW_ORIGINS is set) outside the edge layer: a preflight is
+        # answered before any auth, and the edge's 413, a 401, a 429 and a 500 carry
+        # the CORS headers, which a browser needs to show the page the error (cors.py).
+        *cors_layers(settings),
+        # Outermost but for CORS, so every response (a 500, the 413 it sends, an auth layer's 401)
         # has the request id and the headers and is logged, and every log line of the
         # request carries the id. It is one layer for four concerns: see edge.py.
         Middleware(EdgeMiddleware, max_body_bytes=settings.max_request_body_bytes),
@@ -36,7 +42,11 @@ def middleware_stack(settings: Settings) -> list[Middleware]:
         # open for load balancers and orchestrators.
         Middleware(BearerAuthMiddleware, token=require_api_token(settings)),
         {%- endif %}
-        # Add a layer here, e.g. Starlette's pure-ASGI CORSMiddleware or GZipMiddleware.
+        # Rate limits (when RATE_LIMIT is set), inside auth: a request counts against
+        # its authenticated identity, and one without a valid token is refused before
+        # it costs a count (rate_limit.py).
+        *rate_limit_layers(settings),
+        # Add a layer here, e.g. Starlette's pure-ASGI GZipMiddleware.
     ]
 
 
