@@ -78,6 +78,9 @@ def serve_command() -> list[str]:
     [
         ("LOG_LEVEL", "LOUD"),
         ("MAX_REQUEST_BODY_BYTES", "-1"),
+        # CORS, rate limits, proxies (issue 11)
+        ("RATE_LIMIT", "lots"),
+        ("FORWARDED_ALLOW_IPS", "10.0.0.l"),
         {%- if cookiecutter.use_bearer_auth %}
         ("API_TOKEN", "s3cret-short"),
         {%- endif %}
