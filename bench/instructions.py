@@ -26,13 +26,23 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from middleware_cost import bare_app, drive, import_generated, lifespan
+from middleware_cost import (
+    CROSS_ORIGIN_HEADERS,
+    bare_app,
+    drive,
+    edge_policy_app,
+    import_generated,
+    lifespan,
+)
 
 VARIANTS = {
     "bare": ("FastAPI, one route, no middleware", "WARNING"),
     "generated_app_no_mw": ("generated app with its middleware list emptied", "WARNING"),
     "generated_stack": ("generated app, log level WARNING", "WARNING"),
     "generated_stack_info_logging": ("generated app, INFO: one JSON access line", "INFO"),
+    # CORS and rate limits (issue 11), at WARNING: compare with `generated_stack`.
+    "generated_stack_cors": ("generated_stack, CORS_ALLOW_ORIGINS, a cross-origin GET", "WARNING"),
+    "generated_stack_rate_limit": ("generated_stack, RATE_LIMIT counted in memory", "WARNING"),
 }
 
 
@@ -40,8 +50,13 @@ def child(project: Path, variant: str, requests: int) -> None:
     """Serve `requests` requests in-process; callgrind counts them (see the docstring)."""
     generated = import_generated(project)
     log_level = VARIANTS[variant][1]
+    headers = CROSS_ORIGIN_HEADERS if variant == "generated_stack_cors" else ()
     if variant == "bare":
         app = bare_app()
+    elif variant == "generated_stack_cors":
+        app = edge_policy_app(generated, cors=True)
+    elif variant == "generated_stack_rate_limit":
+        app = edge_policy_app(generated, rate_limit=True)
     else:
         app = generated.factory.create_app(generated.settings_for(log_level))
         if variant == "generated_app_no_mw":
@@ -50,11 +65,11 @@ def child(project: Path, variant: str, requests: int) -> None:
 
     async def main() -> None:
         async with lifespan(app) as state:
-            await drive(app, state, 300)  # warm-up, not counted
+            await drive(app, state, 300, headers)  # warm-up, not counted
 
             def measured(_: int) -> int:
                 # Nothing here waits on I/O, so the coroutine runs to its end when sent.
-                coroutine = drive(app, state, requests // 2)
+                coroutine = drive(app, state, requests // 2, headers)
                 try:
                     while True:
                         coroutine.send(None)

@@ -31,6 +31,10 @@ than about the code. Time is taken on the wall clock and as this process's CPU t
 which ignores the time the process waited for a core. Ratios to `bare` are the figures
 to compare; absolute requests per second depend on the machine and how busy it is.
 
+Rows for CORS and rate limits (issue 11) come with a project that has them; the row for
+rate limits counted in Redis needs a Celery bake as `--project` and `--redis-url` (a Redis
+of your own: the benchmark's keys are left to expire).
+
 With `--wrk` (and `wrk` on PATH) each variant is also served by uvicorn on a free
 127.0.0.1 port, one at a time, and loaded by wrk for a few seconds. Those figures include
 the HTTP server and the load generator sharing the same cores, and swing much more.
@@ -96,8 +100,9 @@ class Generated:
     settings: ModuleType
     logs: ModuleType
 
-    def settings_for(self, log_level: str) -> Any:
+    def settings_for(self, log_level: str, **overrides: Any) -> Any:
         options: dict[str, Any] = {"jobs_backend": "inprocess", "log_level": log_level}
+        options.update(overrides)
         if "api_token" in self.settings.Settings.model_fields:
             # A project baked with bearer auth: /health/live stays public, the layer still runs.
             options["api_token"] = "benchmark-token-" + "x" * 16
@@ -178,9 +183,64 @@ class Variant:
     # Root log level while this variant runs: logging is configured per process, so it is
     # set again whenever this variant takes its turn.
     log_level: str = "WARNING"
+    # Request headers beyond the usual three, e.g. a browser's `Origin`.
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-def variants_for(generated: Generated, progress: Callable[[str], None]) -> list[Variant]:
+# CORS and rate limits (issue 11): the generated app with CORS_ALLOW_ORIGINS or RATE_LIMIT.
+CROSS_ORIGIN = "https://app.example.com"
+CROSS_ORIGIN_HEADERS = ((b"origin", CROSS_ORIGIN.encode()),)
+# Never reached: every request pays for its count, none is refused.
+UNREACHED_RATE_LIMIT = "1000000000/minute"
+
+
+def edge_policy_app(
+    generated: Generated, *, cors: bool = False, rate_limit: bool = False, redis_url: str = ""
+) -> Any:
+    overrides: dict[str, Any] = {}
+    if cors:
+        overrides["cors_allow_origins"] = CROSS_ORIGIN
+    if rate_limit:
+        overrides["rate_limit"] = UNREACHED_RATE_LIMIT
+    if redis_url:  # the Redis store (a Celery bake): jobs_backend=celery picks it
+        overrides.update(jobs_backend="celery", redis_url=redis_url)
+    app = generated.factory.create_app(generated.settings_for("WARNING", **overrides))
+    for layer in app.outer_middleware:
+        if layer.cls.__name__ == "RateLimitMiddleware":
+            layer.kwargs["exempt_paths"] = ()  # the measured path is a health check
+    return app
+
+
+def edge_policy_variants(generated: Generated, redis_url: str) -> list[Variant]:
+    if "rate_limit" not in generated.settings.Settings.model_fields:
+        return []
+    variants = [
+        Variant(
+            "generated_stack_cors",
+            "generated_stack with CORS_ALLOW_ORIGINS, a cross-origin GET (`Origin`)",
+            lambda: edge_policy_app(generated, cors=True),
+            headers=CROSS_ORIGIN_HEADERS,
+        ),
+        Variant(
+            "generated_stack_rate_limit",
+            "generated_stack with RATE_LIMIT, counted in memory",
+            lambda: edge_policy_app(generated, rate_limit=True),
+        ),
+    ]
+    if redis_url:
+        variants.append(
+            Variant(
+                "generated_stack_rate_limit_redis",
+                "generated_stack with RATE_LIMIT, counted in Redis: one round trip a request",
+                lambda: edge_policy_app(generated, rate_limit=True, redis_url=redis_url),
+            )
+        )
+    return variants
+
+
+def variants_for(
+    generated: Generated, progress: Callable[[str], None], redis_url: str = ""
+) -> list[Variant]:
     def generated_app(log_level: str) -> Callable[[], Any]:
         return lambda: generated.factory.create_app(generated.settings_for(log_level))
 
@@ -216,6 +276,7 @@ def variants_for(generated: Generated, progress: Callable[[str], None]) -> list[
             generated_app("INFO"),
             log_level="INFO",
         ),
+        *edge_policy_variants(generated, redis_url),
     ]
 
 
@@ -228,7 +289,9 @@ class Timing:
     cpu: float  # seconds of this process's CPU time: blind to time spent descheduled
 
 
-def new_scope(lifespan_state: dict[str, Any]) -> Scope:
+def new_scope(
+    lifespan_state: dict[str, Any], extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> Scope:
     """What uvicorn hands the app for `GET /health/live` from curl."""
     return {
         "type": "http",
@@ -246,12 +309,17 @@ def new_scope(lifespan_state: dict[str, Any]) -> Scope:
             (b"host", b"127.0.0.1:8000"),
             (b"user-agent", b"middleware-cost-bench"),
             (b"accept", b"*/*"),
+            *extra_headers,
         ],
         "state": lifespan_state.copy(),
     }
 
 
-async def one_request(app: ASGIApp, lifespan_state: dict[str, Any]) -> tuple[int, bytes]:
+async def one_request(
+    app: ASGIApp,
+    lifespan_state: dict[str, Any],
+    extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> tuple[int, bytes]:
     status = 0
     body = b""
     request_sent = False
@@ -275,16 +343,21 @@ async def one_request(app: ASGIApp, lifespan_state: dict[str, Any]) -> tuple[int
             if not message.get("more_body", False):
                 response_done.set()
 
-    await app(new_scope(lifespan_state), receive, send)
+    await app(new_scope(lifespan_state, extra_headers), receive, send)
     return status, body
 
 
-async def drive(app: ASGIApp, lifespan_state: dict[str, Any], requests: int) -> Timing:
+async def drive(
+    app: ASGIApp,
+    lifespan_state: dict[str, Any],
+    requests: int,
+    extra_headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> Timing:
     """Send `requests` requests one after another; return the time they took."""
     failures = 0
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(requests):
-        status, _body = await one_request(app, lifespan_state)
+        status, _body = await one_request(app, lifespan_state, extra_headers)
         failures += status != 200
     timing = Timing(time.perf_counter() - wall, time.process_time() - cpu)
     if failures:
@@ -359,7 +432,7 @@ async def run_in_process(
             set_logging.current = ""  # create_app configured logging itself
             set_logging(m.variant.log_level)
             state = await stack.enter_async_context(lifespan(app))
-            status, body = await one_request(app, state)
+            status, body = await one_request(app, state, m.variant.headers)
             if status != 200 or body != EXPECTED_BODY:
                 raise RuntimeError(f"{m.variant.name}: {PATH} answered {status} {body!r}")
             apps.append((app, state))
@@ -370,7 +443,7 @@ async def run_in_process(
             set_logging(m.variant.log_level)
             batch, spent = 50, 0.0
             while spent < 0.3:
-                spent = (await drive(app, state, batch)).cpu
+                spent = (await drive(app, state, batch, m.variant.headers)).cpu
                 batch *= 2
             rate = batch / 2 / spent
             m.requests_per_slice = max(10, round(rate * slice_seconds))
@@ -387,7 +460,7 @@ async def run_in_process(
                 turns = list(enumerate(order))
                 for index, (m, (app, state)) in turns if turn % 2 == 0 else reversed(turns):
                     set_logging(m.variant.log_level)
-                    timing = await drive(app, state, m.requests_per_slice)
+                    timing = await drive(app, state, m.requests_per_slice, m.variant.headers)
                     wall[index] += timing.wall
                     cpu[index] += timing.cpu
                 turn += 1
@@ -587,6 +660,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--project", type=Path, help="an already baked project (skips baking the template)"
     )
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    parser.add_argument(
+        "--redis-url",
+        default="",
+        help="a Redis for the rate-limit row with the Redis store (needs a Celery --project)",
+    )
     parser.add_argument("--wrk", action="store_true", help="also measure through uvicorn + wrk")
     parser.add_argument("--wrk-seconds", type=int, default=3)
     parser.add_argument("--wrk-connections", type=int, default=16)
@@ -638,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         generated = import_generated(project)
         set_logging = LogSwitch(generated, sink)
-        variants = variants_for(generated, progress)
+        variants = variants_for(generated, progress, args.redis_url)
 
         progress(f"in-process: {len(variants)} variants x {args.rounds} rounds")
         with asyncio.Runner(loop_factory=loop_factory) as runner:

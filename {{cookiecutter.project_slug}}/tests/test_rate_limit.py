@@ -153,7 +153,8 @@ def test_redis_down_lets_requests_through_with_one_warning(
 ) -> None:
     """Stopped (connections refused) or frozen (accepting, never answering): requests
     pass without RateLimit headers, never a 5xx, and one warning says limits are off,
-    however many requests and store retries (one a second) follow."""
+    however many requests and store retries (one a second) follow. When Redis is back,
+    requests are counted again, by themselves."""
     with TestClient(redis_app(logs, private_redis), headers=AUTH_HEADERS) as client:
         assert client.get("/probe/sync").headers["ratelimit-remaining"] == "2"
         if outage == "stopped":
@@ -167,11 +168,21 @@ def test_redis_down_lets_requests_through_with_one_warning(
         finally:
             if outage == "frozen":
                 private_redis.thaw()
+            else:
+                private_redis.start()  # on the same port; empty, as it kept nothing
+        time.sleep(1.2)
+        back = client.get("/probe/sync")
     assert [r.status_code for r in answers] == [200] * 12
     assert all("ratelimit-limit" not in r.headers for r in answers)
     warnings = [r for r in logs.records() if r["message"].startswith(WARNING)]
     assert len(warnings) == 1, warnings
     assert warnings[0]["level"] == "WARNING"
     assert str(private_redis.port) not in warnings[0]["message"]
+    assert back.status_code == 200
+    if outage == "stopped":  # a new, empty Redis
+        assert back.headers["ratelimit-remaining"] == "2"
+    else:  # the counts sent while it was frozen land when it thaws
+        assert int(back.headers["ratelimit-remaining"]) <= 1
+    assert "rate limits are enforced again: the rate-limit store answers" in logs.messages()
 
 {%- endif %}
