@@ -7,7 +7,7 @@ FORWARDED_ALLOW_IPS). The health checks and `/metrics` are never limited: an
 orchestrator or a scraper must not be locked out by its own polling.
 
 Windows are fixed and aligned to the clock (`limits`' fixed-window strategy, with the
-window's number in the key): one `incr` per request, one Redis round trip, answers
+window's number in the key): one `incr` per request, one store round trip, answers
 the count, the remaining requests and the reset time for the `RateLimit-*` headers;
 `limits`' own `hit` plus `get_window_stats` would take three. A client can send up to
 twice the limit across a window boundary, the price of one round trip.
@@ -33,7 +33,7 @@ from ..settings import Settings
 logger = logging.getLogger(__name__)
 
 EXEMPT_PATHS = ("/health/live", "/health/ready", "/metrics")
-# A store that does not answer within this is skipped for the request: a hung Redis
+# A store that does not answer within this is skipped for the request: a hung store
 # adds at most 0.25 s to a request, and (see STORE_RETRY_SECONDS) only to the requests
 # of one quarter second each second; a refused connection fails in about a millisecond.
 STORE_TIMEOUT_SECONDS = 0.25
@@ -123,7 +123,7 @@ class RateLimitMiddleware:
 
     def store_failed(self, error: BaseException) -> None:
         """Fail open: the request passes. The limit is there to keep one client from
-        taking the service down; refusing every client while Redis is away would take
+        taking the service down; refusing every client while its store is away would take
         it down for all of them instead. A warning at most once a minute, not one per
         request, which would flood the logs exactly when an operator reads them. The
         error's type only: its text may carry the store's address."""
