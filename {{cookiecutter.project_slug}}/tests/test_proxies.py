@@ -10,7 +10,18 @@ import http.client
 from pathlib import Path
 from typing import Any
 
-from tests.support import AUTH_HEADERS, ServerProcess, uvicorn_process, wait_until
+import pytest
+from starlette.testclient import TestClient
+
+from {{ cookiecutter.package_name }}.factory import create_app
+from tests.support import (
+    AUTH_HEADERS,
+    LogCapture,
+    ServerProcess,
+    make_settings,
+    uvicorn_process,
+    wait_until,
+)
 
 CLIENT = "203.0.113.7"
 OTHER_CLIENT = "203.0.113.8"
@@ -58,3 +69,16 @@ def test_a_forwarded_address_from_an_untrusted_peer_changes_nothing(tmp_path: Pa
         assert get(server, "/jobs/no-such-job", CLIENT) == 404
         assert get(server, "/jobs/no-such-job", OTHER_CLIENT) == 404
         assert get(server, "/jobs/no-such-job", "198.51.100.9") == 429
+
+
+def test_a_proxies_setting_only_in_env_file_is_warned_about(
+    logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings read `.env`; uvicorn does not, and would trust only loopback."""
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    app = create_app(make_settings(forwarded_allow_ips="10.0.0.0/8"))
+    logs.install()
+    with TestClient(app):
+        pass
+    (warning,) = [m for m in logs.messages() if m.startswith("FORWARDED_ALLOW_IPS")]
+    assert "uvicorn does not read" in warning
