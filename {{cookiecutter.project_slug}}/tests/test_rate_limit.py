@@ -17,7 +17,6 @@ import pytest
 import redis
 {%- endif %}
 from fastapi import FastAPI
-from limits.aio.storage import MemoryStorage
 from starlette.authentication import SimpleUser
 from starlette.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
@@ -110,7 +109,7 @@ async def status_of(app: rate_limit.RateLimitMiddleware, address: str, user: str
 
 @pytest.mark.anyio
 async def test_clients_are_counted_apart_by_identity_else_address() -> None:
-    layer = rate_limit.RateLimitMiddleware(hello, limit="2/day", storage=MemoryStorage())
+    layer = rate_limit.RateLimitMiddleware(hello, limit="2/day", counts=rate_limit.MemoryCounts())
     assert [await status_of(layer, "192.0.2.10") for _ in range(3)] == [200, 200, 429]
     # Another address has its own count.
     assert [await status_of(layer, "192.0.2.11") for _ in range(3)] == [200, 200, 429]
@@ -119,6 +118,17 @@ async def test_clients_are_counted_apart_by_identity_else_address() -> None:
     assert [await status_of(layer, "192.0.2.10", "bob") for _ in range(3)] == [200, 200, 429]
     # Alice is counted as Alice wherever she comes from.
     assert await status_of(layer, "198.51.100.7", "alice") == 429
+
+
+@pytest.mark.anyio
+async def test_memory_keeps_the_counts_of_the_current_window_only() -> None:
+    """Memory does not grow with every client ever seen, nor slow each request."""
+    counts = rate_limit.MemoryCounts()
+    for address in range(1_000):
+        await counts.hit(f"addr:192.0.2.{address}", window=7, window_seconds=60)
+    assert await counts.hit("addr:192.0.2.1", window=7, window_seconds=60) == 2
+    assert await counts.hit("addr:192.0.2.1", window=8, window_seconds=60) == 1
+    assert len(counts.counts) == 1
 {%- if cookiecutter.job_backend == "celery" %}
 
 
