@@ -28,9 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from middleware_cost import (
+    CROSS_ORIGIN_HEADERS,
     bare_app,
     bare_with_instrumentator,
     drive,
+    edge_policy_app,
     exporting_to_sink,
     generated_without_metrics,
     has_tracing,
@@ -64,6 +66,9 @@ VARIANTS = {
         "generated app, WARNING, every span exported over OTLP/HTTP to a local sink",
         "WARNING",
     ),
+    # CORS and rate limits (issue 11), at WARNING: compare with `generated_stack`.
+    "generated_stack_cors": ("generated_stack, CORS_ALLOW_ORIGINS, a cross-origin GET", "WARNING"),
+    "generated_stack_rate_limit": ("generated_stack, RATE_LIMIT counted in memory", "WARNING"),
 }
 # Never reached: a 200 sends no report, and nothing listens on port 9 (discard).
 BENCH_SENTRY_DSN = "http://benchmark@127.0.0.1:9/1"
@@ -74,7 +79,9 @@ def child(project: Path, variant: str, requests: int) -> None:
     """Serve `requests` requests in-process; callgrind counts them (see the docstring)."""
     generated = import_generated(project)
     log_level = VARIANTS[variant][1]
-    headers: tuple[tuple[bytes, bytes], ...] = ()
+    headers: tuple[tuple[bytes, bytes], ...] = (
+        CROSS_ORIGIN_HEADERS if variant == "generated_stack_cors" else ()
+    )
     jwt_row = jwt_bench(generated) if variant in JWT_VARIANTS else None
     if jwt_row is not None and variant == "rs256_verify_only":
         verify = jwt_row.verify
@@ -92,6 +99,10 @@ def child(project: Path, variant: str, requests: int) -> None:
         headers = jwt_row.headers
     elif variant == "bare":
         app = bare_app()
+    elif variant == "generated_stack_cors":
+        app = edge_policy_app(generated, cors=True)
+    elif variant == "generated_stack_rate_limit":
+        app = edge_policy_app(generated, rate_limit=True)
     elif variant == "bare_instrumentator":
         app = bare_with_instrumentator()
     elif variant == "generated_stack_no_metrics":

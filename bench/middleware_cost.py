@@ -31,6 +31,10 @@ than about the code. Time is taken on the wall clock and as this process's CPU t
 which ignores the time the process waited for a core. Ratios to `bare` are the figures
 to compare; absolute requests per second depend on the machine and how busy it is.
 
+Rows for CORS and rate limits (issue 11) come with a project that has them; the row for
+rate limits counted in Redis needs a Celery bake as `--project` and `--redis-url` (a Redis
+of your own: the benchmark's keys are left to expire).
+
 With `--wrk` (and `wrk` on PATH) each variant is also served by uvicorn on a free
 127.0.0.1 port, one at a time, and loaded by wrk for a few seconds. Those figures include
 the HTTP server and the load generator sharing the same cores, and swing much more.
@@ -100,8 +104,9 @@ class Generated:
     settings: ModuleType
     logs: ModuleType
 
-    def settings_for(self, log_level: str) -> Any:
+    def settings_for(self, log_level: str, **overrides: Any) -> Any:
         options: dict[str, Any] = {"jobs_backend": "inprocess", "log_level": log_level}
+        options.update(overrides)
         fields = self.settings.Settings.model_fields
         # A project baked with auth: /health/live stays public, the layer still runs.
         if "api_token" in fields:  # auth=token
@@ -384,7 +389,60 @@ def rsa_verify_us(bench: JwtBench, rounds: int = 7, calls: int = 500) -> float:
     return best * 1e6
 
 
-def variants_for(generated: Generated, progress: Callable[[str], None]) -> list[Variant]:
+# CORS and rate limits (issue 11): the generated app with CORS_ALLOW_ORIGINS or RATE_LIMIT.
+CROSS_ORIGIN = "https://app.example.com"
+CROSS_ORIGIN_HEADERS = ((b"origin", CROSS_ORIGIN.encode()),)
+# Never reached: every request pays for its count, none is refused.
+UNREACHED_RATE_LIMIT = "1000000000/minute"
+
+
+def edge_policy_app(
+    generated: Generated, *, cors: bool = False, rate_limit: bool = False, redis_url: str = ""
+) -> Any:
+    overrides: dict[str, Any] = {}
+    if cors:
+        overrides["cors_allow_origins"] = CROSS_ORIGIN
+    if rate_limit:
+        overrides["rate_limit"] = UNREACHED_RATE_LIMIT
+    if redis_url:  # the Redis store (a Celery bake): jobs_backend=celery picks it
+        overrides.update(jobs_backend="celery", redis_url=redis_url)
+    app = generated.factory.create_app(generated.settings_for("WARNING", **overrides))
+    for layer in app.outer_middleware:
+        if layer.cls.__name__ == "RateLimitMiddleware":
+            layer.kwargs["exempt_paths"] = ()  # the measured path is a health check
+    return app
+
+
+def edge_policy_variants(generated: Generated, redis_url: str) -> list[Variant]:
+    if "rate_limit" not in generated.settings.Settings.model_fields:
+        return []
+    variants = [
+        Variant(
+            "generated_stack_cors",
+            "generated_stack with CORS_ALLOW_ORIGINS, a cross-origin GET (`Origin`)",
+            lambda: edge_policy_app(generated, cors=True),
+            headers=CROSS_ORIGIN_HEADERS,
+        ),
+        Variant(
+            "generated_stack_rate_limit",
+            "generated_stack with RATE_LIMIT, counted in memory",
+            lambda: edge_policy_app(generated, rate_limit=True),
+        ),
+    ]
+    if redis_url:
+        variants.append(
+            Variant(
+                "generated_stack_rate_limit_redis",
+                "generated_stack with RATE_LIMIT, counted in Redis: one round trip a request",
+                lambda: edge_policy_app(generated, rate_limit=True, redis_url=redis_url),
+            )
+        )
+    return variants
+
+
+def variants_for(
+    generated: Generated, progress: Callable[[str], None], redis_url: str = ""
+) -> list[Variant]:
     def generated_app(log_level: str) -> Callable[[], Any]:
         return lambda: generated.factory.create_app(generated.settings_for(log_level))
 
@@ -452,6 +510,7 @@ def variants_for(generated: Generated, progress: Callable[[str], None]) -> list[
             log_level="INFO",
         ),
         *tracing_variants(generated),
+        *edge_policy_variants(generated, redis_url),
     ]
 
 
@@ -838,6 +897,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--project", type=Path, help="an already baked project (skips baking the template)"
     )
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    parser.add_argument(
+        "--redis-url",
+        default="",
+        help="a Redis for the rate-limit row with the Redis store (needs a Celery --project)",
+    )
     parser.add_argument("--wrk", action="store_true", help="also measure through uvicorn + wrk")
     parser.add_argument("--wrk-seconds", type=int, default=3)
     parser.add_argument("--wrk-connections", type=int, default=16)
@@ -891,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         generated = import_generated(project)
         set_logging = LogSwitch(generated, sink)
-        variants = variants_for(generated, progress)
+        variants = variants_for(generated, progress, args.redis_url)
 
         progress(f"in-process: {len(variants)} variants x {args.rounds} rounds")
         with asyncio.Runner(loop_factory=loop_factory) as runner:

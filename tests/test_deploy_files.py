@@ -92,6 +92,8 @@ def test_dockerfile_builds_a_slim_non_root_image_with_a_healthcheck(
     healthcheck = final_stage.split("HEALTHCHECK", 1)[1].splitlines()[1]
     assert f'"{case.package_name}.healthcheck"' in healthcheck
     assert f'"{case.package_name}.main:app"' in final_stage
+    # The client address comes from X-Forwarded-For, from FORWARDED_ALLOW_IPS only.
+    assert '"--proxy-headers"' in final_stage
 
 
 @pytest.mark.parametrize("case", case_params())
@@ -107,6 +109,10 @@ def test_compose_names_the_services_of_the_options(bakery: Bakery, case: Case) -
     # Published on loopback only.
     for service in services.values():
         assert all(str(port).startswith("127.0.0.1:") for port in service.get("ports", []))
+    # uvicorn reads it from the environment; the API passes it on, loopback by default.
+    assert services["api"]["environment"]["FORWARDED_ALLOW_IPS"] == (
+        "${FORWARDED_ALLOW_IPS:-127.0.0.1,::1}"
+    )
     if case.job_backend == "inprocess":
         assert set(services) == {"api"}
         assert "volumes" not in compose

@@ -115,6 +115,9 @@ def serve_command() -> list[str]:
         ("MAX_REQUEST_BODY_BYTES", "-1"),
         ("SENTRY_DSN", "https://8f2e1c@sentry.example.com/not-a-project"),
         ("DOCS_ENABLED", "maybe"),
+        # CORS, rate limits, proxies (issue 11)
+        ("RATE_LIMIT", "lots"),
+        ("FORWARDED_ALLOW_IPS", "10.0.0.l"),
         {%- if cookiecutter.auth == "token" %}
         ("API_TOKEN", "s3cret-short"),
         {%- elif cookiecutter.auth == "jwt" %}

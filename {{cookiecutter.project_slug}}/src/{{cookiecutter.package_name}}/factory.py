@@ -1,6 +1,7 @@
 """`create_app`: builds the service from its settings. Tests call it with their own."""
 
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,6 +41,20 @@ def warn_if_request_heads_are_unbounded() -> None:
         )
 
 
+# CORS, rate limits, proxies (issue 11)
+def warn_if_proxies_setting_is_unread(settings: Settings) -> None:
+    """uvicorn reads FORWARDED_ALLOW_IPS from the environment only: a value that came
+    from `.env` is checked by the settings but never used."""
+    uvicorn_default = Settings.model_fields["forwarded_allow_ips"].default
+    from_env_file = "FORWARDED_ALLOW_IPS" not in os.environ
+    if from_env_file and settings.forwarded_allow_ips != uvicorn_default:
+        logger.warning(
+            "FORWARDED_ALLOW_IPS is set in .env, which uvicorn does not read: set it in "
+            "the environment (compose.yaml passes .env on) or uvicorn trusts only %s",
+            uvicorn_default,
+        )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -56,6 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for warning in await backend.warnings():
         logger.warning("%s", warning)
     warn_if_request_heads_are_unbounded()
+    warn_if_proxies_setting_is_unread(settings)
     logger.info("service started; heavy jobs run on the %s backend", backend.name)
     app.state.started = True
     try:

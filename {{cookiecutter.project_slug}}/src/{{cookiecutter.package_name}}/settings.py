@@ -3,22 +3,44 @@
 Values come from the environment, then from a `.env` file in the working directory.
 """
 
-{% if cookiecutter.use_opentelemetry -%}
 import re
-{% endif -%}
-from typing import {% if cookiecutter.auth == "jwt" %}Annotated, {% endif %}Literal
+from ipaddress import ip_network
+from typing import Annotated, Literal
 {%- if cookiecutter.auth == "jwt" %}
 from urllib.parse import urlsplit
 {%- endif %}
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, {% if cookiecutter.auth == "jwt" %}NoDecode, {% endif %}SettingsConfigDict
+from limits import parse_many
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 {%- if cookiecutter.use_opentelemetry %}
 
 OTLP_URL_RE = re.compile(r"https?://[^/\s?#]+(?:[/?#]\S*)?")
 {%- endif %}
+
+
+# CORS, rate limits, proxies (issue 11)
+def _split_commas(value: object) -> object:
+    """`a, b,c` from the environment as a tuple; empty entries are dropped."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+# NoDecode: pydantic-settings would read a list from the environment as JSON.
+CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
+ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[^/\s:\[\]]+)(:\d{1,5})?", re.IGNORECASE)
+HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 {%- if cookiecutter.auth == "token" %}
 
 MIN_API_TOKEN_LENGTH = 16
@@ -285,6 +307,100 @@ class Settings(LoggingSettings):
             raise ValueError("must be an http:// or https:// URL with a host, or empty")
         return value
     {%- endif %}
+
+    # CORS, rate limits, proxies (issue 11)
+    cors_allow_origins: CommaList = Field(
+        default=(),
+        description=(
+            "Origins a browser may call the API from, comma-separated, each "
+            "scheme://host[:port] (or * for any). Empty: no CORS headers at all."
+        ),
+    )
+    cors_allow_credentials: bool = Field(
+        default=False,
+        description="Let browsers send cookies and HTTP auth cross-origin (never with *).",
+    )
+    cors_allow_methods: CommaList = Field(
+        default=("GET", "POST", "DELETE"),
+        description="Methods a cross-origin request may use: the ones this API serves.",
+    )
+    cors_allow_headers: CommaList = Field(
+        default=("Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"),
+        description="Request headers a cross-origin request may send: the ones this API reads.",
+    )
+    rate_limit: str = Field(
+        default="",
+        description=(
+            "Requests each client may make, e.g. 100/minute or 10/second (one limit; "
+            "a client is its authenticated identity, else its address). Empty: no limit."
+        ),
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1,::1",
+        description=(
+            "Read by uvicorn, from the environment: the proxies (addresses or networks, "
+            "comma-separated, or *) whose X-Forwarded-For is believed. Checked here."
+        ),
+    )
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins_are_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        # A trailing slash or a path never matches a browser's Origin header.
+        if any(origin != "*" and not ORIGIN.fullmatch(origin) for origin in origins):
+            raise ValueError("each origin must be * or scheme://host[:port], with no path")
+        return origins
+
+    @field_validator("cors_allow_methods")
+    @classmethod
+    def _methods_are_http_methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        methods = tuple(method.upper() for method in methods)
+        if any(method != "*" and method not in HTTP_METHODS for method in methods):
+            raise ValueError(f"each method must be * or one of {', '.join(sorted(HTTP_METHODS))}")
+        return methods
+
+    @field_validator("cors_allow_headers")
+    @classmethod
+    def _headers_are_header_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if any(name != "*" and not HEADER_NAME.fullmatch(name) for name in names):
+            raise ValueError("each header must be * or a header name (letters, digits, -)")
+        return names
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            if value and len(parse_many(value)) != 1:
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                "must be one limit, <count>/<period>, e.g. 100/minute, 10/second, 1000/hour"
+            ) from None
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies_are_addresses(cls, value: str) -> str:
+        # uvicorn takes a typo as a name to match, silently trusting no proxy at all.
+        for entry in (part.strip() for part in value.split(",")):
+            try:
+                if entry != "*":
+                    ip_network(entry)  # an address is a network of one
+            except ValueError:
+                raise ValueError(
+                    "each entry must be *, an IP address or a network such as 10.0.0.0/8"
+                ) from None
+        return value
+
+    @field_validator("cors_allow_credentials")
+    @classmethod
+    def _no_credentials_for_any_origin(cls, allowed: bool, info: ValidationInfo) -> bool:
+        # Browsers refuse credentialed responses to `*`; Starlette would echo any
+        # Origin instead, which would let every site make calls as the user.
+        if allowed and "*" in info.data.get("cors_allow_origins", ()):
+            raise ValueError("must be false while CORS_ALLOW_ORIGINS is *: list the origins")
+        return allowed
 
     # Error reporting (issue 9)
     sentry_dsn: SecretStr | None = Field(

@@ -21,6 +21,7 @@ from ..settings import Settings{% if cookiecutter.auth == "token" %}, require_ap
 {%- if cookiecutter.auth == "token" %}
 from .bearer_auth import BearerAuthMiddleware
 {%- endif %}
+from .cors import cors_layers
 from .edge import EdgeMiddleware
 {%- if cookiecutter.auth == "jwt" %}
 from .jwks import JwksCache
@@ -29,6 +30,7 @@ from .jwt_auth import JwtAuthMiddleware
 {%- if cookiecutter.auth != "none" %}
 from .metrics import METRICS_PATH
 {%- endif %}
+from .rate_limit import rate_limit_layers
 {%- if cookiecutter.use_opentelemetry %}
 from .tracing import TracingMiddleware
 {%- endif %}
@@ -61,10 +63,15 @@ def middleware_stack(settings: Settings, metrics: "ServiceMetrics") -> list[Midd
         # 401, 429) is traced too and every log line of the request has its trace id.
         Middleware(TracingMiddleware),
         {%- endif %}
-        # Outermost{% if cookiecutter.use_opentelemetry %} but for tracing{% endif %}, so every response (a 500, the 413 it sends, an auth layer's 401)
-        # has the request id and the headers, is logged and is counted in the metrics,
-        # and every log line of the request carries the id. It is one layer for five
-        # concerns: see edge.py (and middleware/metrics.py for why metrics are one).
+        # CORS (when CORS_ALLOW_ORIGINS is set) outside the edge layer: a preflight is
+        # answered before any auth, and the edge's 413, a 401, a 429 and a 500 carry
+        # the CORS headers, which a browser needs to show the page the error (cors.py).
+        *cors_layers(settings),
+        # Outermost but for {% if cookiecutter.use_opentelemetry %}tracing and {% endif %}CORS, so every response (a 500,
+        # the 413 it sends, an auth layer's 401) has the request id and the headers, is
+        # logged and is counted in the metrics, and every log line of the request
+        # carries the id. It is one layer for five concerns: see edge.py (and
+        # middleware/metrics.py for why metrics are one).
         Middleware(
             EdgeMiddleware,
             max_body_bytes=settings.max_request_body_bytes,
@@ -83,7 +90,11 @@ def middleware_stack(settings: Settings, metrics: "ServiceMetrics") -> list[Midd
         # its 401 carries the request id and the access line has the token's subject.
         jwt_layer(settings),
         {%- endif %}
-        # Add a layer here, e.g. Starlette's pure-ASGI CORSMiddleware or GZipMiddleware.
+        # Rate limits (when RATE_LIMIT is set), inside auth: a request counts against
+        # its authenticated identity, and one without a valid token is refused before
+        # it costs a count (rate_limit.py).
+        *rate_limit_layers(settings),
+        # Add a layer here, e.g. Starlette's pure-ASGI GZipMiddleware.
     ]
 {%- if cookiecutter.auth == "jwt" %}
 

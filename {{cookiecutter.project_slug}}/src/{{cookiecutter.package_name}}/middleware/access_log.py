@@ -31,13 +31,23 @@ def add_access_log_fields(connection: HTTPConnection, **fields: Any) -> None:
 
 
 def write_access_line(scope: Scope, status: int, duration_ms: float, outcome: str = "") -> None:
-    """`GET /path 200 1.2ms key=value...`, with the same as `http` fields for JSON lines.
+    """`GET /path 200 1.2ms client=203.0.113.7 key=value...`, with the same as `http`
+    fields for JSON lines.
 
     Call it when `logger.isEnabledFor(logging.INFO)`: the caller asks, once, so that a
     service logging at WARNING pays nothing more for the line.
     """
     method, path = scope["method"], scope["path"]
-    http = {"method": method, "path": path, "status": status, "duration_ms": round(duration_ms, 3)}
+    # The client's address; behind a proxy FORWARDED_ALLOW_IPS trusts, the one it reports.
+    client = scope.get("client")
+    address = client[0] if client else "-"
+    http = {
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(duration_ms, 3),
+        "client": address,
+    }
     extra_text = ""
     if fields := scope.get("state", {}).get(ACCESS_LOG_FIELDS_KEY):
         http.update(fields)
@@ -46,7 +56,7 @@ def write_access_line(scope: Scope, status: int, duration_ms: float, outcome: st
     if (subject := subject_var.get()) is not None:
         extra_text += f" subject={subject}"
     # The message is made here, once, by an f-string (cheaper than `%` formatting).
-    message = f"{method} {path} {status} {duration_ms:.1f}ms{extra_text}{outcome}"
+    message = f"{method} {path} {status} {duration_ms:.1f}ms client={address}{extra_text}{outcome}"
     # What `logger.info` does, less its walk up the stack for the caller's file and
     # line (several microseconds a line): this line always comes from here.
     record = logger.makeRecord(
