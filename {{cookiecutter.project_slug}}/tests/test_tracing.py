@@ -19,10 +19,10 @@ from opentelemetry import trace
 from {{ cookiecutter.package_name }} import settings as settings_module
 from {{ cookiecutter.package_name }}.logs import configure_logging
 from {{ cookiecutter.package_name }}.observability import tracing
-from tests import otlp_receiver as otlp
 {%- if cookiecutter.auth == "jwt" %}
 from tests import jwks_server
 {%- endif %}
+from tests import otlp_receiver as otlp
 {%- if cookiecutter.job_backend == "celery" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}

@@ -12,11 +12,13 @@ fails: a retry that later succeeds is no failure.
 backend that is down, and a job that refused its own params (`JobInputError`): those
 are the caller's mistake or an outage, not a bug here.
 
-Each report carries the request id as the tag `request_id`{% if cookiecutter.use_opentelemetry %} (and the trace id as
-`trace_id`){% endif %}, read when the report is made: the same id as the response's X-Request-ID and every log line of the request
-or of its job. Secrets stay in the process: no request bodies, cookies or local
-variables are collected, credential headers are blanked, and any text holding a
-secret setting ({% if cookiecutter.auth == "token" %}API_TOKEN, {% endif %}a password in a URL) is replaced, wherever it appears.
+Each report carries the request id as the tag `request_id`, read when the report is
+made: the same id as the response's X-Request-ID and every log line of the request or
+of its job.{% if cookiecutter.use_opentelemetry %} The trace id joins it as the tag `trace_id`.{% endif %}
+
+Secrets stay in the process: no request bodies, cookies or local variables are
+collected, credential headers are blanked, and any text holding a secret setting
+({% if cookiecutter.auth == "token" %}API_TOKEN, {% endif %}a password in a URL) is replaced, wherever it appears.
 """
 
 from collections.abc import Mapping
@@ -24,9 +26,9 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-{%- if cookiecutter.use_opentelemetry %}
+{% if cookiecutter.use_opentelemetry -%}
 from opentelemetry import trace
-{%- endif %}
+{% endif -%}
 from pydantic import SecretStr
 
 from ..context import request_id_var
