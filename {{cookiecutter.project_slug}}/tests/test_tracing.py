@@ -16,7 +16,9 @@ import httpx2 as httpx
 import pytest
 from opentelemetry import trace
 
-from {{ cookiecutter.package_name }} import settings as settings_module
+from {{ cookiecutter.package_name }} import (
+    settings as settings_module,
+)
 from {{ cookiecutter.package_name }}.logs import configure_logging
 from {{ cookiecutter.package_name }}.observability import tracing
 {%- if cookiecutter.auth == "jwt" %}
