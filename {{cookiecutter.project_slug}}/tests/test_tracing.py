@@ -189,6 +189,10 @@ def probe(tmp_path: Path, **env: str) -> dict[str, Any]:
     )
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    {%- if cookiecutter.auth == "jwt" %}
+    # The JWT layer fetches the issuer's keys at start-up: not the exporter's doing.
+    result["ports"] = [port for port in result["ports"] if port != ISSUER.port]
+    {%- endif %}
     return result
 
 

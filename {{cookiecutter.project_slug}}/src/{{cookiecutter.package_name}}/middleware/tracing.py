@@ -14,7 +14,7 @@ the response starts. Requests that match none (a 404 for an unknown path, or a 4
 before routing) keep the method alone, as the HTTP conventions ask.
 """
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.trace import TracerProvider
 from opentelemetry.util.http import get_excluded_urls
@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # The middleware's optional spans around each `receive` and `send` call: two more spans
 # for every request, noise in a trace and most of the layer's cost.
 EXCLUDED_SPANS: list[str] = ["receive", "send"]
+# Where the server span waits in the scope, for `TracingMiddleware` when the app raises.
+SPAN_KEY = "opentelemetry.span"
 
 
 def method_only(scope: Scope) -> tuple[str, dict[str, str]]:
@@ -41,7 +43,7 @@ class RouteSpanName:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        span = trace.get_current_span()
+        span = scope[SPAN_KEY] = trace.get_current_span()
 
         async def send_naming_the_route(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -73,4 +75,12 @@ class TracingMiddleware:
         if scope["type"] != "http":  # websockets and the lifespan pass through
             await self.app(scope, receive, send)
             return
-        await self.traced(scope, receive, send)
+        try:
+            await self.traced(scope, receive, send)
+        except Exception:
+            # The span stays current when the app raised, as the request id does
+            # (edge.py): the server's error line and an error report made outside this
+            # stack (sentry_sdk wraps the whole app) then carry the trace id too.
+            if (span := scope.get(SPAN_KEY)) is not None:
+                context.attach(trace.set_span_in_context(span))
+            raise
