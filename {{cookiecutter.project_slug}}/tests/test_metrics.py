@@ -1,5 +1,13 @@
 """Prometheus metrics: they move as requests and jobs happen, parse as the text format,
-stay bounded in their labels, and add up across processes."""
+stay bounded in their labels, and add up across processes.
+
+The edge layer counts each request when its last body byte is sent, outside
+Starlette's error handler. A `BaseHTTPMiddleware` doing it would sit inside that
+handler and never see the 500 of an endpoint that raises (the exception passes through
+it), would stop the clock when the response starts rather than when its body ends,
+and would cost about 0.2 ms a request, ten times the counting itself. An
+`HTTPException` raised in a middleware would be counted, and answered, as a 500.
+"""
 
 import uuid
 from collections.abc import Iterator

@@ -1,5 +1,12 @@
 """Traces leave the processes as a collector receives them: real servers{% if cookiecutter.job_backend == "celery" %} and a real worker{% endif %}
-exporting OTLP/HTTP to a receiver of the tests' own on loopback (`otlp_receiver.py`)."""
+exporting OTLP/HTTP to a receiver of the tests' own on loopback (`otlp_receiver.py`).
+
+The tracing layer is OpenTelemetry's pure-ASGI middleware, outermost. As a
+`BaseHTTPMiddleware` its span would end when the response starts, not when the body
+has been sent, and a request that raises would reach it only as an exception from
+`call_next`, after Starlette's handler had answered the 500 outside the span. An
+`HTTPException` raised in a middleware would be traced, and answered, as a 500.
+"""
 
 import io
 import json
