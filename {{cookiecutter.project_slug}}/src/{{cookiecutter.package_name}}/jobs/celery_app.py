@@ -97,6 +97,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # How often the worker sweeps for tasks abandoned by a dead worker. kombu scans on
     # every Nth sweep (throttle); 1 makes the interval the only knob.
     restore_interval = max(1, min(10, visibility_timeout // 10))
+    # A sweep holds a lock in Redis for the few milliseconds it takes; a worker killed
+    # while holding it would leave it for kombu's default 5 minutes, during which no
+    # worker restores anything. A few sweep intervals are plenty.
+    sweep_lock_seconds = 5 * restore_interval
     redis_timeouts = {
         "socket_timeout": REDIS_TIMEOUT_SECONDS,
         "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
@@ -132,6 +136,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": visibility_timeout,
             "unacked_restore_interval": restore_interval,
             "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": sweep_lock_seconds,
             **redis_timeouts,
         },
         "result_backend_transport_options": {
