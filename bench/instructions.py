@@ -46,6 +46,7 @@ from middleware_cost import (
 VARIANTS = {
     "bare": ("FastAPI, one route, no middleware", "WARNING"),
     "jwt_layer": ("bare + the JWT layer, a valid RS256 token (key cached)", "WARNING"),
+    "jwt_layer_uncached": ("jwt_layer, its cache of verified tokens off", "WARNING"),
     "rs256_verify_only": ("the RS256 signature check alone (cryptography), no request", "WARNING"),
     # Metrics (issue 9): the instrumentator alone on bare; the stack with HTTP metrics off
     # (what they add is generated_stack's count less this one).
@@ -94,7 +95,12 @@ def child(project: Path, variant: str, requests: int) -> None:
 
         sorted([0, 1], key=verified)  # `requests` checks in all, counted as the loops are
         return
-    if jwt_row is not None:
+    if jwt_row is not None and variant == "jwt_layer_uncached":
+        if jwt_row.build_uncached is None:
+            raise SystemExit("this bake's JWT layer has no cache of verified tokens")
+        app = jwt_row.build_uncached()
+        headers = jwt_row.headers
+    elif jwt_row is not None:
         app = jwt_row.build()
         headers = jwt_row.headers
     elif variant == "bare":
@@ -141,7 +147,7 @@ def child(project: Path, variant: str, requests: int) -> None:
     asyncio.run(main())
 
 
-JWT_VARIANTS = ("jwt_layer", "rs256_verify_only")
+JWT_VARIANTS = ("jwt_layer", "jwt_layer_uncached", "rs256_verify_only")
 
 
 def count(project: Path, variant: str, requests: int, workdir: Path) -> int:

@@ -319,11 +319,14 @@ class Variant:
 class JwtBench:
     """The generated JWT layer (auth=jwt bakes) around the bare app, checking a valid
     RS256 token on every request with its key cached: what a request pays for the layer
-    once the JWKS is fetched. `verify` is the RSA check alone, the floor of that cost."""
+    once the JWKS is fetched. `verify` is the RSA check alone, the floor of that cost.
+    `build_uncached` turns the layer's cache of verified tokens off (where it has one):
+    every request then pays a full decode, as the first request with a token does."""
 
     build: Callable[[], Any]
     headers: RawHeaders
     verify: Callable[[], None]
+    build_uncached: Callable[[], Any] | None = None
 
 
 def jwt_bench(generated: Generated) -> JwtBench | None:
@@ -350,7 +353,7 @@ def jwt_bench(generated: Generated) -> JwtBench | None:
     }
     token = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "bench"})
 
-    def build() -> Any:
+    def build(**cache: int) -> Any:
         keys = jwks.JwksCache(issuer=JWT_ISSUER, jwks_url=None, min_refresh_seconds=3600)
         keys.keys = jwks.usable_keys({"keys": [public_jwk]})
         keys.warm_up = _no_fetch  # the key is cached: no issuer is contacted
@@ -362,7 +365,11 @@ def jwt_bench(generated: Generated) -> JwtBench | None:
             algorithms=("RS256", "ES256"),
             leeway_seconds=30,
             public_paths=(),  # /health/live is checked like any protected route
+            **cache,
         )
+
+    def build_uncached() -> Any:
+        return build(cached_tokens=0)
 
     signing_input, _, signature = token.encode().rpartition(b".")
     raw_signature = jwt.utils.base64url_decode(signature)
@@ -371,7 +378,9 @@ def jwt_bench(generated: Generated) -> JwtBench | None:
     def verify() -> None:
         public_key.verify(raw_signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
 
-    return JwtBench(build, ((b"authorization", b"Bearer " + token.encode()),), verify)
+    has_cache = hasattr(jwt_auth, "VERIFIED_TOKENS_CACHED")
+    headers = ((b"authorization", b"Bearer " + token.encode()),)
+    return JwtBench(build, headers, verify, build_uncached if has_cache else None)
 
 
 async def _no_fetch() -> None:
@@ -478,6 +487,15 @@ def variants_for(
                 headers=jwt_row.headers,
             )
         )
+        if jwt_row.build_uncached is not None:
+            variants.append(
+                Variant(
+                    "jwt_layer_uncached",
+                    "jwt_layer with its cache of verified tokens off: a full decode each time",
+                    jwt_row.build_uncached,
+                    headers=jwt_row.headers,
+                )
+            )
     else:
         progress("the project is not an auth=jwt bake: jwt_layer left out")
     # Metrics (issue 9): the stack without them, to read what they add (against

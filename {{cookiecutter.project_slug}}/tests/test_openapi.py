@@ -3,6 +3,7 @@ from it knows each status, its body and its headers."""
 
 from typing import Any
 
+import openapi_spec_validator
 import pytest
 from starlette.testclient import TestClient
 
@@ -16,6 +17,12 @@ DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 def document(client: TestClient) -> dict[str, Any]:
     spec: dict[str, Any] = client.get("/openapi.json").json()
     return spec
+
+
+def test_the_document_validates_as_openapi_3_1(document: dict[str, Any]) -> None:
+    """What client generators and API gateways that import it check first."""
+    assert document["openapi"].startswith("3.1."), document["openapi"]
+    openapi_spec_validator.validate(document, cls=openapi_spec_validator.OpenAPIV31SpecValidator)
 
 
 def declared(document: dict[str, Any], method: str, path: str) -> dict[str, Any]:
