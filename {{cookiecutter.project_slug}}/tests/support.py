@@ -27,6 +27,8 @@ from tests import jwks_server
 
 API_TOKEN = "test-token-0123456789abcdef"
 AUTH_HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
+# The settings a service process started by a test needs for its auth layer.
+AUTH_ENV = {"API_TOKEN": API_TOKEN}
 {%- elif cookiecutter.auth == "jwt" %}
 
 # One identity provider for the whole session, serving its JWKS from a thread of this
@@ -34,9 +36,12 @@ AUTH_HEADERS = {"Authorization": f"Bearer {API_TOKEN}"}
 # key cache itself start issuers of their own (tests/test_jwt_auth.py).
 ISSUER = jwks_server.Issuer().start()
 AUTH_HEADERS = {"Authorization": f"Bearer {ISSUER.token()}"}
+# The settings a service process started by a test needs for its auth layer.
+AUTH_ENV = {"JWT_ISSUER": ISSUER.url, "JWT_AUDIENCE": jwks_server.AUDIENCE}
 {%- else %}
 
 AUTH_HEADERS: dict[str, str] = {}
+AUTH_ENV: dict[str, str] = {}
 {%- endif %}
 
 PACKAGE = service_package.__name__
@@ -188,12 +193,7 @@ def uvicorn_process(
     settings = {
         "JOBS_BACKEND": "inprocess",
         "LOG_FORMAT": "json",
-        {%- if cookiecutter.auth == "token" %}
-        "API_TOKEN": API_TOKEN,
-        {%- elif cookiecutter.auth == "jwt" %}
-        "JWT_ISSUER": ISSUER.url,
-        "JWT_AUDIENCE": jwks_server.AUDIENCE,
-        {%- endif %}
+        **AUTH_ENV,
         **env,
     }
     command = [

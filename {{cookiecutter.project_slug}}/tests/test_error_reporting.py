@@ -20,16 +20,14 @@ from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.api import dependencies
 from {{ cookiecutter.package_name }}.factory import create_app
-from tests import failing_jobs{% if cookiecutter.auth == "jwt" %}, jwks_server{% endif %}
+from tests import failing_jobs
 {%- if cookiecutter.job_backend == "celery" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
 from tests.probes import Recorder, probe_router
 from tests.support import (
+    AUTH_ENV,
     AUTH_HEADERS,
-    {%- if cookiecutter.auth == "jwt" %}
-    ISSUER,
-    {%- endif %}
     PACKAGE,
     {%- if cookiecutter.job_backend == "celery" %}
     SOURCE_ROOT,
@@ -314,12 +312,7 @@ def test_without_a_dsn_sentry_sdk_is_not_even_imported(tmp_path: Path) -> None:
     environment = {
         **with_source_on_path(os.environ),
         "JOBS_BACKEND": "inprocess",
-        {%- if cookiecutter.auth == "token" %}
-        "API_TOKEN": CREDENTIALS["Authorization"].split()[-1],
-        {%- elif cookiecutter.auth == "jwt" %}
-        "JWT_ISSUER": ISSUER.url,
-        "JWT_AUDIENCE": jwks_server.AUDIENCE,
-        {%- endif %}
+        **AUTH_ENV,
     }
     environment.pop("SENTRY_DSN", None)
     done = subprocess.run(

@@ -28,17 +28,12 @@ from {{ cookiecutter.package_name }} import (
 )
 from {{ cookiecutter.package_name }}.logs import configure_logging
 from {{ cookiecutter.package_name }}.observability import tracing
-{%- if cookiecutter.auth == "jwt" %}
-from tests import jwks_server
-{%- endif %}
 from tests import otlp_receiver as otlp
 {%- if cookiecutter.job_backend == "celery" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
 from tests.support import (
-    {%- if cookiecutter.auth == "token" %}
-    API_TOKEN,
-    {%- endif %}
+    AUTH_ENV,
     AUTH_HEADERS,
     {%- if cookiecutter.auth == "jwt" %}
     ISSUER,
@@ -170,12 +165,7 @@ print(json.dumps({"threads": [t.name for t in threading.enumerate()], "ports": c
 def probe(tmp_path: Path, **env: str) -> dict[str, Any]:
     settings = {
         "JOBS_BACKEND": "inprocess",
-        {%- if cookiecutter.auth == "token" %}
-        "API_TOKEN": API_TOKEN,
-        {%- elif cookiecutter.auth == "jwt" %}
-        "JWT_ISSUER": ISSUER.url,
-        "JWT_AUDIENCE": jwks_server.AUDIENCE,
-        {%- endif %}
+        **AUTH_ENV,
         **env,
     }
     environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
