@@ -16,10 +16,11 @@ a real Celery worker where jobs must run. Part 6 (memory: one API process's RSS 
 one with --quick; `--parts` picks parts. Read docs/benchmarks.md for what is measured
 and how to read it.
 
-Part 1 also serves a third bake (auth=jwt) for the JWT layer's row, a rate limit counted
-in memory and in its own redis-server, and SENTRY_DSN set; beside them, the same layers
-in-process (`middleware_cost.py --only ... --json`, CPU us a request) and the RS256
-check alone, the JWT target's yardstick.
+Part 1 also serves the optional layers (issues 9 and 11): the JWT layer (a third bake,
+auth=jwt), a rate limit counted in memory and in its own redis-server, SENTRY_DSN set,
+and tracing on and exporting to a local sink (a fourth bake, use_opentelemetry=true);
+beside them, the same layers in-process (`middleware_cost.py --only ... --json`, CPU us
+a request) and the RS256 check alone, the JWT target's yardstick.
 """
 
 from __future__ import annotations
@@ -433,7 +434,7 @@ class Variant:
     description: str
     uvicorn_access_log: bool = False
     results: list[LoadResult] = field(default_factory=list)
-    # Issue 11's rows: which bake serves it, and the variant its cost is read against.
+    # Issues 9 and 11's rows: the bake that serves it, the variant it is read against.
     bake: str = "inprocess"
     baseline: str = ""
     settings: tuple[tuple[str, str], ...] = ()  # more environment for its server
@@ -672,7 +673,8 @@ def layer_cpu(
     """CPU us per request of the layers in IN_PROCESS_LAYERS, and of the RS256 check
     alone: `middleware_cost.py --only ... --json` on each bake, in its interpreter."""
     runs: dict[str, dict[str, Any]] = {}
-    rounds = max(3, args.rounds)
+    rounds = max(2, args.rounds)
+    round_seconds = 0.25 if args.quick else 0.4  # --quick: under 15 s a bake
     for bake_name in ("jwt", "celery", "tracing"):
         wanted = {
             name for where, *names, _ in IN_PROCESS_LAYERS if where == bake_name for name in names
@@ -680,7 +682,8 @@ def layer_cpu(
         bake = bakes[bake_name]
         command = [
             bake.python, BENCH_DIR / "middleware_cost.py", "--project", bake.project,
-            "--rounds", str(rounds), "--only", ",".join(sorted(wanted)), "--json",
+            "--rounds", str(rounds), "--round-seconds", str(round_seconds),
+            "--only", ",".join(sorted(wanted)), "--json",
         ]  # fmt: skip
         if bake_name == "celery":
             command += ["--redis-url", redis.url]
@@ -1026,7 +1029,7 @@ def middleware_section(mw: dict[str, Any]) -> list[str]:
 
 
 def layers_section(mw: dict[str, Any]) -> list[str]:
-    """Issue 11: what the JWT layer and the rate limit add, over wrk and in-process."""
+    """Issues 9 and 11: what each optional layer adds, over wrk and in-process."""
     cpu = mw["in_process"]
     rsa_us = cpu["rsa_verify_us"]
     lines = [
