@@ -349,6 +349,7 @@ def start_api(
     run_dir: Path,
     options: Sequence[str] = (),
     uvicorn_access_log: bool = False,
+    live_status: int = 200,
     **env: str,
 ) -> Service:
     """Serve `apps:<factory>` with uvicorn; `options` are more uvicorn options (--http).
@@ -363,7 +364,7 @@ def start_api(
     # cwd: a folder of our own, so no developer `.env` changes the settings.
     process = processes.start(name, command, cwd=run_dir, env=bake.env(**settings))
     wait_until(
-        lambda: answers(port, LIVE.path) or process.poll() is not None,
+        lambda: answers(port, LIVE.path, live_status) or process.poll() is not None,
         STARTUP_TIMEOUT,
         f"{name} to answer",
     )
@@ -552,6 +553,8 @@ def middleware_cost(
             name,
             run_dir,
             uvicorn_access_log=variant.uvicorn_access_log,
+            # Up once the JWT layer refuses a request without a token.
+            live_status=401 if variant.factory == "jwt_layer" else 200,
             **env,
         )
         requests[variant.name] = LIVE
