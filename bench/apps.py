@@ -14,6 +14,14 @@ environment, as in production (`LOG_LEVEL`, `LOG_FORMAT`, `JOBS_BACKEND`, `REDIS
   here, never in the generated service.
 - `bare`: a plain FastAPI app with one route; served with uvicorn's own access line
   too (`bench/run.py` turns it on), it is what users deploy by default.
+- `jwt_layer` (an auth=jwt bake): `bare` inside the generated JWT layer, its key cached,
+  `/health/live` checked like a protected route; the RS256 token a client must send is
+  written to `BENCH_TOKEN_FILE`. Built by `middleware_cost.jwt_bench`, as its row is.
+- `rate_limit`: the service as it ships with `RATE_LIMIT` set too high to be reached and
+  the health check counted like any route (`middleware_cost.edge_policy_app`); counted in
+  the Redis at `BENCH_RATE_LIMIT_REDIS_URL` when set (a Celery bake), else in memory.
+- `no_tracing` (a use_opentelemetry bake): the service with its tracing layer taken out
+  (`middleware_cost.without_tracing`).
 """
 
 from __future__ import annotations
@@ -145,4 +153,43 @@ def bare() -> FastAPI:
     async def live() -> dict[str, str]:
         return {"status": "ok"}
 
+    return app
+
+
+# --------------------------------------------------------------------------- issue 11
+
+
+def _in_process_bench() -> Any:
+    """The in-process benchmark's view of the generated package, to build its rows here."""
+    import middleware_cost
+
+    return middleware_cost, middleware_cost.Generated(
+        package=PACKAGE,
+        factory=_generated("factory"),
+        settings=_generated("settings"),
+        logs=_generated("logs"),
+    )
+
+
+def jwt_layer() -> Any:
+    middleware_cost, generated = _in_process_bench()
+    bench = middleware_cost.jwt_bench(generated)
+    if bench is None:
+        raise RuntimeError(f"{PACKAGE} is not an auth=jwt bake: no JWT layer")
+    ((_, authorization),) = bench.headers
+    with open(os.environ["BENCH_TOKEN_FILE"], "wb") as token_file:
+        token_file.write(authorization)
+    return bench.build()
+
+
+def rate_limit() -> FastAPI:
+    middleware_cost, generated = _in_process_bench()
+    redis_url = os.environ.get("BENCH_RATE_LIMIT_REDIS_URL", "")
+    app: FastAPI = middleware_cost.edge_policy_app(generated, rate_limit=True, redis_url=redis_url)
+    return app
+
+
+def no_tracing() -> FastAPI:
+    middleware_cost, _ = _in_process_bench()
+    app: FastAPI = middleware_cost.without_tracing(generated())
     return app

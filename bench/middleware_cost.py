@@ -49,6 +49,7 @@ import gc
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -136,16 +137,21 @@ TRACING_LAYER = "TracingMiddleware"
 
 class TraceSink:
     """A local OTLP/HTTP endpoint that accepts every export (200, empty reply) and reads
-    nothing into it: where the exporting variant's spans go, on loopback, in a thread."""
+    nothing into it: where the exporting variant's spans go, on loopback, in a thread.
+    `exports` counts the requests it took (bench/run.py shows that spans did arrive)."""
 
     def __init__(self) -> None:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        sink = self
+        self.exports = 0
 
         class Accept(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as a collector does
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.exports += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
@@ -896,6 +902,14 @@ def report(
     return "\n".join(lines)
 
 
+def as_json(measured: list[Measured], rsa_us: float | None) -> dict[str, Any]:
+    """What `--json` prints: CPU us per request, best round, for each variant."""
+    return {
+        "cpu_us": {m.variant.name: 1e6 / max(m.cpu_rates) for m in measured},
+        "rsa_verify_us": rsa_us,
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -919,6 +933,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--redis-url",
         default="",
         help="a Redis for the rate-limit row with the Redis store (needs a Celery --project)",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated variants to run (bare is always kept: the ratios need it)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print CPU us per request of each variant (and the RS256 check) as JSON instead",
     )
     parser.add_argument("--wrk", action="store_true", help="also measure through uvicorn + wrk")
     parser.add_argument("--wrk-seconds", type=int, default=3)
@@ -974,6 +998,10 @@ def main(argv: list[str] | None = None) -> int:
         generated = import_generated(project)
         set_logging = LogSwitch(generated, sink)
         variants = variants_for(generated, progress, args.redis_url)
+        if args.only:
+            # bench/run.py asks for the few rows it reports beside its wrk figures.
+            wanted = {"bare", *(name.strip() for name in args.only.split(","))}
+            variants = [v for v in variants if v.name in wanted]
 
         progress(f"in-process: {len(variants)} variants x {args.rounds} rounds")
         with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -995,6 +1023,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     jwt_row = jwt_bench(generated)
     rsa_us = rsa_verify_us(jwt_row) if jwt_row is not None else None
+    if args.json:
+        print(json.dumps(as_json(measured, rsa_us)))
+        return 0
     print(report(measured, args.rounds, info, generated.package, source, args.wrk, rsa_us))
     return 0
 

@@ -15,6 +15,12 @@ a real Celery worker where jobs must run. Part 6 (memory: one API process's RSS 
 100,000 requests, 20,000 of them jobs, on each backend) adds about 6 minutes, under
 one with --quick; `--parts` picks parts. Read docs/benchmarks.md for what is measured
 and how to read it.
+
+Part 1 also serves the optional layers (issues 9 and 11): the JWT layer (a third bake,
+auth=jwt), a rate limit counted in memory and in its own redis-server, SENTRY_DSN set,
+and tracing on and exporting to a local sink (a fourth bake, use_opentelemetry=true);
+beside them, the same layers in-process (`middleware_cost.py --only ... --json`, CPU us
+a request) and the RS256 check alone, the JWT target's yardstick.
 """
 
 from __future__ import annotations
@@ -73,6 +79,10 @@ TARGET_STACK_VS_BASE_HTTP = 5.0
 # Issue 9: metrics on cost at most 5% of throughput (against the stack with them off,
 # a little stricter than the issue's 5% of the no-middleware app's).
 TARGET_METRICS_VS_NO_METRICS = 0.95
+# Issue 11: the JWT layer, key cached, costs at most the RS256 check itself plus 10%.
+TARGET_JWT_VS_RSA_VERIFY = 1.10
+# As bench/instructions.py's: nothing listens on port 9, and a 200 sends no report.
+SENTRY_DSN_NOWHERE = "http://benchmark@127.0.0.1:9/1"
 TARGET_POST_P99_VS_LIVE_P99 = 2.0
 TARGET_JOBS_VS_LIVE = 0.5
 TARGET_ENQUEUE_VS_RAW = 0.5
@@ -199,14 +209,17 @@ def cookiecutter_config(workdir: Path) -> Path:
     return config
 
 
-def bake(template: Path, backend: str, output: Path, workdir: Path, auth: str = "none") -> Path:
-    """Bake with `job_backend=backend` and `auth=auth` (none, token or jwt)."""
+def bake(
+    template: Path, backend: str, output: Path, workdir: Path, auth: str = "none", **answers: Any
+) -> Path:
+    """Bake with `job_backend=backend` and `auth=auth` (none, token or jwt), and any other
+    `answers` (use_opentelemetry=True)."""
     from cookiecutter.main import cookiecutter  # type: ignore[import-untyped]
 
     project = cookiecutter(
         str(template),
         no_input=True,
-        extra_context={"job_backend": backend, "auth": auth},
+        extra_context={"job_backend": backend, "auth": auth, **answers},
         output_dir=str(output),
         config_file=str(cookiecutter_config(workdir)),
     )
@@ -294,7 +307,29 @@ def generation_cost(
             )
         results["backends"][backend] = row
         progress(f"{backend}: generation measured")
+    if args.layer_rows:
+        bakes["jwt"] = option_bake(args, workdir, logs, "jwt", auth="jwt")
+        bakes["tracing"] = option_bake(args, workdir, logs, "tracing", use_opentelemetry=True)
     return results, bakes
+
+
+def option_bake(
+    args: argparse.Namespace, workdir: Path, logs: Path, name: str, **answers: Any
+) -> Bake:
+    """Issues 9 and 11: an in-process bake with one more option (auth=jwt, tracing), for
+    part 1's rows of that layer. Installed in a virtualenv of its own (its dependencies)
+    unless --python serves every bake."""
+    project = bake(args.template, "inprocess", workdir / f"bake-{name}", workdir, **answers)
+    package = package_of(project)
+    if args.python is not None:
+        return Bake("inprocess", project, package, args.python, on_path=True)
+    venv = workdir / f"venv-{name}"
+    progress(f"{name}: fresh virtualenv, pip install -e '.[dev]'")
+    timed([sys.executable, "-m", "venv", venv], logs / f"venv-{name}.log")
+    python = venv / "bin" / "python"
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-e", ".[dev]"]
+    timed(pip, logs / f"install-{name}.log", cwd=project)
+    return Bake("inprocess", project, package, python, on_path=False)
 
 
 # --------------------------------------------------------------------------- services
@@ -314,6 +349,7 @@ def start_api(
     run_dir: Path,
     options: Sequence[str] = (),
     uvicorn_access_log: bool = False,
+    live_status: int = 200,
     **env: str,
 ) -> Service:
     """Serve `apps:<factory>` with uvicorn; `options` are more uvicorn options (--http).
@@ -328,7 +364,7 @@ def start_api(
     # cwd: a folder of our own, so no developer `.env` changes the settings.
     process = processes.start(name, command, cwd=run_dir, env=bake.env(**settings))
     wait_until(
-        lambda: answers(port, LIVE.path) or process.poll() is not None,
+        lambda: answers(port, LIVE.path, live_status) or process.poll() is not None,
         STARTUP_TIMEOUT,
         f"{name} to answer",
     )
@@ -399,6 +435,10 @@ class Variant:
     description: str
     uvicorn_access_log: bool = False
     results: list[LoadResult] = field(default_factory=list)
+    # Issues 9 and 11's rows: the bake that serves it, the variant it is read against.
+    bake: str = "inprocess"
+    baseline: str = ""
+    settings: tuple[tuple[str, str], ...] = ()  # more environment for its server
 
 
 def middleware_variants() -> list[Variant]:
@@ -419,6 +459,66 @@ def middleware_variants() -> list[Variant]:
         # Metrics (issue 9): what the HTTP metrics cost on top of the rest of the stack.
         Variant("no_metrics@WARNING", "no_metrics", "WARNING", "`generated@WARNING`, no metrics"),
         Variant("base_http@WARNING", "base_http", "WARNING", f"as `base_http`, {no_line}"),
+        # Issue 11: the JWT layer checking a token, the rate limit counting every request.
+        Variant(
+            "jwt_layer",
+            "jwt_layer",
+            "WARNING",
+            "bare inside the JWT layer (auth=jwt bake), a valid RS256 token a request, key cached",
+            bake="jwt",
+            baseline="bare",
+        ),
+        Variant(
+            "rate_limit@WARNING",
+            "rate_limit",
+            "WARNING",
+            "`generated@WARNING` with RATE_LIMIT (never reached), counted in memory",
+            baseline="generated@WARNING",
+        ),
+        Variant(
+            "rate_limit_redis@WARNING",
+            "rate_limit",
+            "WARNING",
+            "the same counted in a private redis-server (Celery bake): a round trip a request",
+            bake="celery",
+            baseline="generated@WARNING",
+        ),
+        # Issue 9: error reporting on (sentry_sdk instruments Starlette, process-wide).
+        Variant(
+            "sentry@WARNING",
+            "generated",
+            "WARNING",
+            "`generated@WARNING` with SENTRY_DSN set (a 200 reports nothing)",
+            baseline="generated@WARNING",
+            settings=(("SENTRY_DSN", SENTRY_DSN_NOWHERE),),
+        ),
+        # Issue 9: tracing (a use_opentelemetry bake). Off: its layer taken out, against the
+        # untraced bake; on, every span sampled: without an endpoint, and exporting.
+        Variant(
+            "no_tracing@WARNING",
+            "no_tracing",
+            "WARNING",
+            "a use_opentelemetry bake at WARNING, its tracing layer taken out",
+            bake="tracing",
+            baseline="generated@WARNING",
+        ),
+        Variant(
+            "tracing@WARNING",
+            "generated",
+            "WARNING",
+            "the use_opentelemetry bake as it ships: every span sampled, no endpoint",
+            bake="tracing",
+            baseline="no_tracing@WARNING",
+        ),
+        Variant(
+            "tracing_exporting@WARNING",
+            "generated",
+            "WARNING",
+            "the same, exporting every span over OTLP/HTTP to a sink in this process",
+            bake="tracing",
+            baseline="no_tracing@WARNING",
+            settings=(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", TRACE_SINK),),
+        ),
     ]
 
 
@@ -427,27 +527,47 @@ def ratio_stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def middleware_cost(
-    args: argparse.Namespace, bake: Bake, processes: Processes, run_dir: Path
+    args: argparse.Namespace, bakes: dict[str, Bake], processes: Processes, run_dir: Path
 ) -> dict[str, Any]:
     """Part 1: the same app with the stack, without it, and with BaseHTTPMiddleware."""
     variants = middleware_variants()
+    if not args.layer_rows:
+        variants = [variant for variant in variants if not variant.baseline]
+    redis = start_redis(processes, run_dir, "mw-redis")  # the Redis-counted rate limit's
+    sink = trace_sink()
     services = {}
+    requests = {}
     for variant in variants:
+        name = f"mw-{variant.name.replace('+', '-').replace('@', '-')}"
+        env = {"LOG_LEVEL": variant.log_level, **dict(variant.settings)}
+        if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == TRACE_SINK:
+            env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = sink.url
+        if variant.factory == "jwt_layer":
+            env["BENCH_TOKEN_FILE"] = str(run_dir / f"{name}.token")
+        if variant.factory == "rate_limit" and variant.bake == "celery":
+            env["BENCH_RATE_LIMIT_REDIS_URL"] = redis.url
         services[variant.name] = start_api(
             processes,
-            bake,
+            bakes[variant.bake],
             variant.factory,
-            f"mw-{variant.name.replace('+', '-')}",
+            name,
             run_dir,
             uvicorn_access_log=variant.uvicorn_access_log,
-            LOG_LEVEL=variant.log_level,
+            # Up once the JWT layer refuses a request without a token.
+            live_status=401 if variant.factory == "jwt_layer" else 200,
+            **env,
         )
+        requests[variant.name] = LIVE
+        if "BENCH_TOKEN_FILE" in env:
+            token = Path(env["BENCH_TOKEN_FILE"]).read_text()
+            requests[variant.name] = Request("GET", LIVE.path, headers=(("Authorization", token),))
     for variant in variants:  # warm-up: imports, caches, the first route match
-        saturate(services[variant.name].port, LIVE, 1, args.connections)
+        saturate(services[variant.name].port, requests[variant.name], 1, args.connections)
     for number in range(args.rounds):
         # Alternate the order so a burst from a neighbour lands on all variants alike.
         for variant in variants if number % 2 == 0 else reversed(variants):
-            result = saturate(services[variant.name].port, LIVE, args.seconds, args.connections)
+            port = services[variant.name].port
+            result = saturate(port, requests[variant.name], args.seconds, args.connections)
             if result.unexpected or result.errors:
                 raise RuntimeError(
                     f"{variant.name}: {result.unexpected} non-2xx, {result.errors} errors"
@@ -456,6 +576,10 @@ def middleware_cost(
         progress(f"middleware: round {number + 1}/{args.rounds}")
     for service in services.values():
         processes.stop(service.process)
+    sink.server.shutdown()
+    exported = sink.exports
+    in_process = layer_cpu(args, bakes, redis, run_dir) if args.layer_rows else None
+    processes.stop(redis.process)
 
     by_name = {variant.name: variant for variant in variants}
 
@@ -490,11 +614,106 @@ def middleware_cost(
         f"generated_vs_{baseline.partition('@')[0]}{suffix}": ratio_stats(per_round(mine, baseline))
         for mine, baseline, suffix in pairs
     }
+    layers = []
+    for variant in variants:
+        if not variant.baseline:
+            continue
+        mine, base = by_name[variant.name].results, by_name[variant.baseline].results
+        pairs_of_rounds = zip(mine, base, strict=True)
+        extra_us = [1e6 / m.per_second - 1e6 / b.per_second for m, b in pairs_of_rounds]
+        layers.append(
+            {
+                "variant": variant.name,
+                "baseline": variant.baseline,
+                "vs_baseline": ratio_stats(per_round(variant.name, variant.baseline)),
+                "wrk_extra_us": statistics.median(extra_us),
+            }
+        )
     return {
         "load": f"{'wrk' if wrk_available() else 'python client'}, 1 thread, "
         f"{args.connections} connections, {args.seconds:g} s a turn, {args.rounds} rounds",
         "rows": rows,
         "comparisons": comparisons,
+        "layers": layers,
+        "in_process": in_process,
+        "trace_exports_received": exported,
+    }
+
+
+TRACE_SINK = "the trace sink"  # replaced by its URL once it runs
+
+
+def trace_sink() -> Any:
+    """`middleware_cost.TraceSink`: an OTLP/HTTP endpoint in a thread of this process
+    that accepts and counts every export, where `tracing_exporting@WARNING` sends spans."""
+    import middleware_cost  # imports this module: not at the top
+
+    return middleware_cost.TraceSink()
+
+
+# Issue 11: the same layers in-process (bench/middleware_cost.py), CPU per request, which
+# the wrk figures above are too noisy to give within a few microseconds. Each row: the
+# bake it runs on, its variant there, and the variant it is read against in the same run.
+IN_PROCESS_LAYERS = (
+    ("jwt", "jwt_layer", "bare", "JWT layer, a valid RS256 token, key cached"),
+    ("jwt", "generated_stack", "generated_stack_no_metrics", "HTTP metrics on (vs off)"),
+    ("jwt", "generated_stack_cors", "generated_stack", "CORS, a cross-origin GET"),
+    ("jwt", "generated_stack_rate_limit", "generated_stack", "rate limit, memory store"),
+    ("celery", "generated_stack_rate_limit_redis", "generated_stack", "rate limit, Redis store"),
+    ("tracing", "generated_stack", "generated_stack_no_tracing", "tracing on, no endpoint"),
+    (
+        "tracing",
+        "generated_stack_tracing_exporting",
+        "generated_stack_no_tracing",
+        "tracing on, exporting to a local sink",
+    ),
+)
+
+
+def layer_cpu(
+    args: argparse.Namespace, bakes: dict[str, Bake], redis: Redis, run_dir: Path
+) -> dict[str, Any]:
+    """CPU us per request of the layers in IN_PROCESS_LAYERS, and of the RS256 check
+    alone: `middleware_cost.py --only ... --json` on each bake, in its interpreter."""
+    runs: dict[str, dict[str, Any]] = {}
+    rounds = max(2, args.rounds)
+    round_seconds = 0.25 if args.quick else 0.4  # --quick: under 15 s a bake
+    for bake_name in ("jwt", "celery", "tracing"):
+        wanted = {
+            name for where, *names, _ in IN_PROCESS_LAYERS if where == bake_name for name in names
+        }
+        bake = bakes[bake_name]
+        command = [
+            bake.python, BENCH_DIR / "middleware_cost.py", "--project", bake.project,
+            "--rounds", str(rounds), "--round-seconds", str(round_seconds),
+            "--only", ",".join(sorted(wanted)), "--json",
+        ]  # fmt: skip
+        if bake_name == "celery":
+            command += ["--redis-url", redis.url]
+        completed = subprocess.run(
+            [str(part) for part in command],
+            cwd=run_dir, env=bake.env(), capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        if completed.returncode != 0:
+            raise RuntimeError(f"middleware_cost.py failed:\n{completed.stderr[-3000:]}")
+        runs[bake_name] = json.loads(completed.stdout.strip().splitlines()[-1])
+    rows = []
+    for where, name, baseline, what in IN_PROCESS_LAYERS:
+        cpu_us = runs[where]["cpu_us"]
+        rows.append(
+            {
+                "layer": what,
+                "variant": name,
+                "baseline": baseline,
+                "cpu_us": cpu_us[name],
+                "baseline_cpu_us": cpu_us[baseline],
+                "extra_us": cpu_us[name] - cpu_us[baseline],
+            }
+        )
+    return {
+        "rounds": rounds,
+        "rows": rows,
+        "rsa_verify_us": runs["jwt"]["rsa_verify_us"],
     }
 
 
@@ -809,6 +1028,67 @@ def middleware_section(mw: dict[str, Any]) -> list[str]:
                 verdict(measured["median"], target),
             )
         )
+    return [*lines, "", *(layers_section(mw) if mw["in_process"] else [])]
+
+
+def layers_section(mw: dict[str, Any]) -> list[str]:
+    """Issues 9 and 11: what each optional layer adds, over wrk and in-process."""
+    cpu = mw["in_process"]
+    rsa_us = cpu["rsa_verify_us"]
+    lines = [
+        "### Auth, rate limits, error reporting, tracing (issues 9, 11): each layer's cost",
+        "",
+        "Over uvicorn + wrk, from the rows above: the ratio to the row it is read against, "
+        "round by round, and the difference in wall time a request (1e6 / req/s).",
+        "",
+        cells("variant", "against", "req/s ratio", "extra us a request (wrk)"),
+        "|---|---|--:|--:|",
+    ]
+    for row in mw["layers"]:
+        lines.append(
+            cells(
+                f"`{row['variant']}`",
+                f"`{row['baseline']}`",
+                spread(row["vs_baseline"]),
+                f"{row['wrk_extra_us']:+.1f}",
+            )
+        )
+    lines += [
+        "",
+        f"`tracing_exporting@WARNING` sent {mw['trace_exports_received']:,} OTLP export "
+        "requests to the sink.",
+        "",
+        f"In-process (`bench/middleware_cost.py --only ... --json`, best of {cpu['rounds']} "
+        "rounds): CPU time a request, no sockets; each row against a variant of the same run "
+        "(the exporter's own thread is in the CPU time: one process).",
+        "",
+        cells("layer", "variant", "CPU us", "against", "CPU us", "extra us", "ratio"),
+        "|---|---|--:|---|--:|--:|--:|",
+    ]
+    for row in cpu["rows"]:
+        lines.append(
+            cells(
+                row["layer"],
+                f"`{row['variant']}`",
+                f"{row['cpu_us']:.1f}",
+                f"`{row['baseline']}`",
+                f"{row['baseline_cpu_us']:.1f}",
+                f"{row['extra_us']:+.1f}",
+                f"{row['baseline_cpu_us'] / row['cpu_us']:.2f}",
+            )
+        )
+    (jwt,) = (row for row in cpu["rows"] if row["variant"] == "jwt_layer")
+    target = TARGET_JWT_VS_RSA_VERIFY
+    lines += [
+        "",
+        cells("target", "measured", ""),
+        "|---|--:|---|",
+        cells(
+            f"JWT layer's extra CPU us <= {target:g} x the RS256 check alone ({rsa_us:.1f} us)",
+            f"{jwt['extra_us']:.1f} us = {jwt['extra_us'] / rsa_us:.2f} x",
+            verdict(jwt["extra_us"] / rsa_us, target, higher_is_better=False),
+        ),
+    ]
     return [*lines, ""]
 
 
@@ -1523,6 +1803,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--python {args.python}: no such interpreter")
     args.template = args.template.resolve()
     args.measure_generation = "generation" in args.parts
+    # Issues 9 and 11: part 1's rows for the optional layers, on bakes of their own.
+    args.layer_rows = "middleware" in args.parts
     return args
 
 
@@ -1563,7 +1845,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["generation"] = generation
         if "middleware" in args.parts:
             progress("part 1: middleware cost")
-            results["middleware"] = middleware_cost(args, bakes["inprocess"], processes, run_dir)
+            results["middleware"] = middleware_cost(args, bakes, processes, run_dir)
         if "jobs" in args.parts:
             progress("part 2: response time while heavy jobs run")
             results["jobs"] = jobs_under_load(args, bakes, processes, run_dir)

@@ -154,12 +154,43 @@ def test_the_benchmark_runs_every_part_and_writes_its_tables(
     assert set(middleware) == {
         "bare", "bare+uvicorn_log", "no_middleware", "generated", "base_http",
         "generated@WARNING", "base_http@WARNING", "no_metrics@WARNING",
+        "jwt_layer", "rate_limit@WARNING", "rate_limit_redis@WARNING", "sentry@WARNING",
+        "no_tracing@WARNING", "tracing@WARNING", "tracing_exporting@WARNING",
     }  # fmt: skip
     assert all(row["requests_per_second"]["median"] > 0 for row in middleware.values())
     # The issue's comparisons are all there, each a ratio of real rounds.
     assert {
         "generated_vs_bare+uvicorn_log", "generated_vs_base_http", "generated_vs_base_http@WARNING",
     } <= set(results["middleware"]["comparisons"])  # fmt: skip
+    # Issues 9 and 11: each new layer read against its own baseline, over wrk and
+    # in-process, with the RS256 check alone beside the JWT layer.
+    layers = {row["variant"]: row for row in results["middleware"]["layers"]}
+    assert {name: row["baseline"] for name, row in layers.items()} == {
+        "jwt_layer": "bare",
+        "rate_limit@WARNING": "generated@WARNING",
+        "rate_limit_redis@WARNING": "generated@WARNING",
+        "sentry@WARNING": "generated@WARNING",
+        "no_tracing@WARNING": "generated@WARNING",
+        "tracing@WARNING": "no_tracing@WARNING",
+        "tracing_exporting@WARNING": "no_tracing@WARNING",
+    }
+    assert all(row["vs_baseline"]["median"] > 0 for row in layers.values())
+    in_process = results["middleware"]["in_process"]
+    assert [(row["variant"], row["baseline"]) for row in in_process["rows"]] == [
+        ("jwt_layer", "bare"),
+        ("generated_stack", "generated_stack_no_metrics"),
+        ("generated_stack_cors", "generated_stack"),
+        ("generated_stack_rate_limit", "generated_stack"),
+        ("generated_stack_rate_limit_redis", "generated_stack"),
+        ("generated_stack", "generated_stack_no_tracing"),
+        ("generated_stack_tracing_exporting", "generated_stack_no_tracing"),
+    ]
+    assert all(row["cpu_us"] > 0 and row["baseline_cpu_us"] > 0 for row in in_process["rows"])
+    assert in_process["rsa_verify_us"] > 0
+    # The exporting row's spans reached the sink over OTLP/HTTP.
+    assert results["middleware"]["trace_exports_received"] > 0
+    assert "### Auth, rate limits, error reporting, tracing (issues 9, 11)" in table
+    assert "JWT layer's extra CPU us <= 1.1 x the RS256 check alone" in table
 
     jobs = results["jobs"]["rows"]
     assert [(row["backend"], row["simulate_seconds"]) for row in jobs] == [
@@ -227,6 +258,21 @@ def test_the_in_process_benchmarks_run_on_a_fresh_bake(
     for variant in ("bare", "generated_app_no_mw", "generated_stack"):
         assert f"| `{variant}` |" in ran.output
     assert "| `generated_stack` >= 0.92" in ran.output  # the targets table
+
+    # --only and --json, as bench/run.py calls it: the JWT row and the RS256 check alone.
+    jwt_bake = bench_run.bake(REPO_ROOT, "inprocess", tmp_path / "bake-jwt", tmp_path, "jwt")
+    cost = [
+        str(project_env.python), str(REPO_ROOT / "bench" / "middleware_cost.py"),
+        "--project", str(jwt_bake), "--rounds", "1", "--round-seconds", "0.1", "--slices", "2",
+        "--only", "jwt_layer,generated_stack_rate_limit", "--json",
+    ]  # fmt: skip
+    ran = run(cost, cwd=tmp_path, env=clean_env(None), timeout=300)
+    assert ran.ok, ran.report()
+    (line,) = (line for line in ran.output.splitlines() if line.startswith('{"cpu_us"'))
+    printed = json.loads(line)
+    assert set(printed["cpu_us"]) == {"bare", "jwt_layer", "generated_stack_rate_limit"}
+    assert all(us > 0 for us in printed["cpu_us"].values())
+    assert printed["rsa_verify_us"] > 0
 
     for variant in ("generated_stack", "generated_stack_info_logging"):
         child = [
