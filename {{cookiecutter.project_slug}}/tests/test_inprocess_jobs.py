@@ -225,7 +225,7 @@ def test_a_finished_job_reads_back_as_it_ended() -> None:
     assert state is not None
     assert state.model_dump() == {
         "id": "job", "status": JobStatus.SUCCEEDED, "progress": 100, "result": result,
-        "error": None,
+        "error": None, "retried_as": None,
     }  # fmt: skip
     store.update("job", status=JobStatus.FAILED, error="late")  # an ended job stays ended
     assert store.get("job") == state

@@ -103,6 +103,7 @@ def test_a_report_is_accepted_at_once_and_runs_to_success(jobs_api: JobsApi) -> 
         "progress": 100,
         "result": FOUR_ROW_REPORT,
         "error": None,
+        "retried_as": None,
     }
 
 

@@ -32,7 +32,14 @@ import anyio
 import anyio.to_thread
 from pydantic import TypeAdapter
 
-from .models import JobBackendUnavailableError, JobRequest, JobState, JobStatus, describe_error
+from .models import (
+    FINAL_STATUSES,
+    JobBackendUnavailableError,
+    JobRequest,
+    JobState,
+    JobStatus,
+    describe_error,
+)
 from .queue import NO_JOB_EVENTS, JobEvents, RunAfterResponse
 from .registry import find_job
 
@@ -43,7 +50,6 @@ DEFAULT_RETENTION_SECONDS = 86_400.0
 DEFAULT_CONCURRENCY = 4
 NOT_STARTED_AT_SHUTDOWN = "not started: the server shut down first; submit it again"
 NOT_JSON = "the job's result could not be stored: it is not JSON"
-FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED)
 JOB_STATE = TypeAdapter(JobState)
 
 
@@ -87,7 +93,7 @@ class InMemoryJobStore:
             if state is None:
                 return  # forgotten, or ended already (failed at shutdown): keep the end
             state = state.model_copy(update=changes)
-            if state.status in FINISHED:
+            if state.status in FINAL_STATUSES:
                 self._finish(state)
                 self._forget_expired()
             else:

@@ -17,6 +17,11 @@ class JobStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# A job in one of these never changes again (a retry is a new job).
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 class JobState(BaseModel):
@@ -32,6 +37,9 @@ class JobState(BaseModel):
     progress: int = Field(default=0, ge=0, le=100, description="Percent done, 0 to 100.")
     result: dict[str, Any] | None = None
     error: str | None = Field(default=None, description="Why the job failed, when it did.")
+    retried_as: str | None = Field(
+        default=None, description="The id of the job that retried this one, once retried."
+    )
 
 
 @dataclass(frozen=True)
