@@ -9,6 +9,9 @@ and would cost about 0.2 ms a request, ten times the counting itself. An
 `HTTPException` raised in a middleware would be counted, and answered, as a 500.
 """
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 {%- if cookiecutter.job_backend == "celery" %}
@@ -19,11 +22,13 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.factory import create_app
+from {{ cookiecutter.package_name }}.observability.metric_families import Exposition
 from tests import support
 {%- if cookiecutter.job_backend == "celery" %}
 from tests.celery_processes import RedisServer, WorkerProcess, running_worker
@@ -212,6 +217,20 @@ def test_several_server_workers_give_one_consistent_count(tmp_path: Path) -> Non
             server.process.terminate()
             server.process.wait(timeout=20)
     assert totals == {served}
+
+
+def test_a_scrape_leaves_out_a_process_file_not_sized_yet(tmp_path: Path) -> None:
+    """A process makes its file and only then sizes it: a scrape in between answered 500
+    (`uvicorn --workers 2` in CI). It leaves that file out and sums the others."""
+    count_three = (
+        "from prometheus_client import Counter;"
+        "Counter('jobs_submitted', 'Jobs.', ['job']).labels('build_report').inc(3)"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", count_three], env=env, check=True, timeout=60)
+    (tmp_path / "counter_102.db").touch()  # opened by its process, not sized yet
+    families = parse(Exposition(CollectorRegistry(), tmp_path).render().decode())
+    assert value(families, "jobs_submitted_total", job="build_report") == 3
 
 
 def counting_pids(root: Path) -> set[str]:

@@ -10,7 +10,9 @@ method from a fixed set, a status code, a registered job's name. Children are ca
 per label set, so a request pays one dict lookup, not `labels()`.
 """
 
-from collections.abc import Iterator
+import glob
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -23,7 +25,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .metrics import process_exists
@@ -142,6 +144,29 @@ class WaitingJobs(Collector):
             )
 
 
+class SummedFiles(multiprocess.MultiProcessCollector):
+    """prometheus-client's sum over every process's files, leaving out the files that
+    hold nothing yet.
+
+    A process makes its file with `open(..., "a+b")` and only then sizes it: a scrape
+    that reads it in between fails on an empty file (`struct.error`), and the scrape
+    answered 500 (seen in CI with `uvicorn --workers 2`, a worker's first request
+    counted just as the other scraped). A file only grows from empty, so one that is
+    not empty when looked at stays readable; one that is empty holds no value.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(path) > 0:
+                    files.append(path)
+            except FileNotFoundError:
+                pass  # a dead process's live gauge, just removed (mark_process_dead)
+        merged: Iterable[Metric] = self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return merged
+
+
 class Exposition:
     """The text a scrape gets: this process's metrics, or with `directory`, the sum
     over every process that writes there (server workers, or a worker's pool)."""
@@ -155,9 +180,7 @@ class Exposition:
             self.registry = registry
         else:
             self.registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
-                self.registry, path=str(directory)
-            )
+            SummedFiles(self.registry, path=str(directory))  # type: ignore[no-untyped-call]
         self.registry.register(self.waiting)
 
     def render(self, waiting_jobs: int | None = None) -> bytes:
