@@ -29,6 +29,7 @@ from .jwt_auth import JwtAuthMiddleware
 {%- endif %}
 {%- if cookiecutter.auth != "none" %}
 from .metrics import METRICS_PATH
+from .paths import HEALTH_PATHS
 {%- endif %}
 from .rate_limit import rate_limit_layers
 {%- if cookiecutter.use_opentelemetry %}
@@ -39,9 +40,8 @@ if TYPE_CHECKING:
     from ..observability.metric_families import ServiceMetrics
 {%- if cookiecutter.auth != "none" %}
 
-# Open without credentials: the health checks, for load balancers and orchestrators,
-# and the docs (while DOCS_ENABLED), for people, who authorize inside them.
-HEALTH_PATHS = ("/health/live", "/health/ready")
+# Open without credentials: the health checks (paths.py), and the docs (while
+# DOCS_ENABLED), for people, who authorize inside them.
 OPEN_DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 
 

@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..context import subject_var
 from .asgi_headers import request_header
+from .paths import HEALTH_PATHS
 
-PUBLIC_PATHS = ("/health/live", "/health/ready")
 # RFC 6455 close code for "policy violation"; before `accept` the server answers 403.
 WEBSOCKET_POLICY_VIOLATION = 1008
 
@@ -52,7 +52,7 @@ def fingerprint(token: str) -> str:
 
 class BearerAuthMiddleware:
     def __init__(
-        self, app: ASGIApp, token: str, public_paths: Collection[str] = PUBLIC_PATHS
+        self, app: ASGIApp, token: str, public_paths: Collection[str] = HEALTH_PATHS
     ) -> None:
         if not token:
             raise ValueError("BearerAuthMiddleware needs a non-empty token")

@@ -34,10 +34,12 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..settings import Settings
+from .metrics import METRICS_PATH
+from .paths import HEALTH_PATHS
 
 logger = logging.getLogger(__name__)
 
-EXEMPT_PATHS = ("/health/live", "/health/ready", "/metrics")
+EXEMPT_PATHS = (*HEALTH_PATHS, METRICS_PATH)
 # A store that does not answer within this is skipped for the request: a hung store
 # adds at most 0.25 s to a request, and (see STORE_RETRY_SECONDS) only to the requests
 # of one quarter second each second; a refused connection fails in about a millisecond.

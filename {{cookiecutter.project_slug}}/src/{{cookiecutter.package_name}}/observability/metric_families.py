@@ -28,13 +28,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..settings import HTTP_METHODS
 from .metrics import process_exists
 
 # Seconds. An API answers in milliseconds; the tail is what a slow dependency costs.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Seconds. Jobs run from a fraction of a second up to the time limit (300 s default).
 JOB_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD = "other"
 IN_FLIGHT = "http_requests_in_flight"
 IN_FLIGHT_HELP = "Requests being answered now."
@@ -76,7 +76,7 @@ class HttpMetrics:
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        if method not in METHODS:  # any token is a method: bound it, and this cache
+        if method not in HTTP_METHODS:  # any token is a method: bound it, and this cache
             method = OTHER_METHOD
         key = (method, route, status)
         children = self._children.get(key)
