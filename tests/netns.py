@@ -273,6 +273,25 @@ class Network:
         self.hosts[role] = host
         return host
 
+    def leaks(self) -> list[str]:
+        """Ways traffic could leave the lane's namespaces: an address of its subnet in the
+        root namespace, or a route in a host to anywhere but the subnet."""
+        found = []
+        root = self.ip_ok("-4", "-o", "addr", "show")
+        found += [f"root namespace: {line}" for line in root.splitlines() if self._ours(line)]
+        for host in self.hosts.values():
+            for route in self.ip_ok("-n", host.namespace, "-4", "route", "show").splitlines():
+                if route.split()[0] != str(self.subnet):
+                    found.append(f"{host.role}: route {route}")
+        return found
+
+    def _ours(self, line: str) -> bool:
+        for word in line.split():
+            with suppress(ValueError):
+                if ipaddress.ip_interface(word).ip in self.subnet:
+                    return True
+        return False
+
     def close(self) -> list[str]:
         """Stop every process, delete every namespace; return what could not be removed."""
         # Clients before servers (the broker host was added first): nothing logs a

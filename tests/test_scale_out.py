@@ -236,6 +236,7 @@ def cluster(
         broker_host = network.add_host("broker")
         api_host = network.add_host("api")
         worker_hosts = [network.add_host("worker-a"), network.add_host("worker-b")]
+        assert network.leaks() == []
         broker.start(broker_host, _workdir(work, broker_host))
         env = clean_env(
             project_env.venv,
@@ -422,3 +423,28 @@ def _api_host_cut_from_the_broker(cluster: Cluster) -> None:
         f"{', '.join(f'{s:.2f}' for s in waits)} s; first 202 {recovered:.2f} s "
         "after the link returned"
     )
+
+
+# --------------------------------------------------------------------------- where it cannot run
+
+
+def test_without_root_the_lane_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert netns.unavailable_reason() == (
+        "network namespaces need root (`ip netns add`); not running as root"
+    )
+
+
+def test_without_ip_the_lane_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netns, "ip_binary", lambda: None)
+    assert netns.unavailable_reason() == "no `ip` binary (iproute2) to make network namespaces"
+
+
+def test_require_netns_turns_the_skip_into_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUIRE_NETNS", "1")
+    with pytest.raises(pytest.fail.Exception, match=r"^REQUIRE_NETNS=1 but no root$"):
+        _skip_or_fail("no root")
+    monkeypatch.delenv("REQUIRE_NETNS")
+    with pytest.raises(pytest.skip.Exception, match=r"^no root$"):
+        _skip_or_fail("no root")
