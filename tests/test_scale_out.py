@@ -107,7 +107,14 @@ class Cluster:
     api_host: netns.Host
     api: Service
     workers: dict[str, Service]
+    test: pytest.Item
     measured: list[str] = field(default_factory=list)
+
+    def measure(self, line: str) -> None:
+        """Keep a measurement for the run's summary (tests/conftest.py), even if a later
+        step fails."""
+        self.measured.append(line)
+        self.test.user_properties.append(("measured", line))
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Answer:
         connection = _InHostConnection(self.api_host, API_PORT, timeout)
@@ -276,13 +283,9 @@ def cluster(
             log_path=workdir / "api.log", env=env, cwd=workdir,
         )  # fmt: skip
         api = Service(api_host, workdir / "api.log")
-        for role, worker in workers.items():
-            wait_until(
-                lambda w=worker: any("ready." in m for m in w.messages()),  # type: ignore[misc]
-                START_TIMEOUT,
-                f"the worker on {role} to be ready:\n{worker.log_path.read_text()[-3000:]}",
-            )
-        made = Cluster(broker, network, api_host, api, workers)
+        for worker in workers.values():
+            _wait_started(worker, lambda w=worker: any("ready." in m for m in w.messages()))
+        made = Cluster(broker, network, api_host, api, workers, request.node)
 
         def ready() -> bool:
             try:
@@ -290,10 +293,8 @@ def cluster(
             except OSError:
                 return False
 
-        wait_until(ready, START_TIMEOUT, "the API to be ready")
+        _wait_started(api, ready)
         yield made
-        for line in made.measured:
-            request.node.user_properties.append(("measured", line))
     finally:
         left = network.close()
         if previous is not None:
@@ -302,6 +303,24 @@ def cluster(
     assert not any(name.startswith(network.prefix) for name in os.listdir(netns.NETNS_DIR)), (
         "a namespace of this run survived"
     )
+
+
+def _wait_started(service: Service, started: Callable[[], bool]) -> None:
+    """Wait for a service to be up; fail with its log if it is not, or if it exits."""
+
+    def up() -> bool:
+        if any(p.poll() is not None for p in service.host.processes):
+            raise AssertionError(f"{service.host.role} exited:\n{_tail(service)}")
+        return started()
+
+    try:
+        wait_until(up, START_TIMEOUT, f"{service.host.role} to start")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{_tail(service)}") from None
+
+
+def _tail(service: Service) -> str:
+    return service.log_path.read_text(errors="replace")[-3000:]
 
 
 def _workdir(root: Path, host: netns.Host) -> Path:
@@ -366,7 +385,7 @@ def _worker_host_cut_mid_job(cluster: Cluster) -> tuple[str, str]:
     assert cluster.workers[other].job_lines(job_id, "started"), "not redelivered to the other host"
     assert len(cluster.workers[other].job_lines(job_id, "succeeded")) == 1
     assert not cluster.workers[runner].job_lines(job_id, "succeeded")
-    cluster.measured.append(
+    cluster.measure(
         f"worker host cut mid-job: done on the other host {recovered:.1f} s after the cut "
         f"({cluster.broker.redelivery}, job {LONG_JOB_SECONDS} s); "
         f"slowest API answer meanwhile {slowest * 1000:.0f} ms"
@@ -430,7 +449,7 @@ def _api_host_cut_from_the_broker(cluster: Cluster) -> None:
     recovered = time.monotonic() - plugged_at
     assert cluster.wait_finished(job_id)["status"] == "succeeded"
     wait_until(lambda: cluster.call("GET", "/health/ready").status == 200, 30, "readiness")
-    cluster.measured.append(
+    cluster.measure(
         f"API host cut from the broker for {cut_for:.1f} s: 503 after "
         f"{', '.join(f'{s:.2f}' for s in waits)} s; first 202 {recovered:.2f} s "
         "after the link returned"
