@@ -64,7 +64,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The container lane's timings (tests/podman.py), when it ran in this process."""
+    """What tests measured (their `measured` user properties, which xdist carries back
+    from its workers), and the container lane's timings (tests/podman.py), when it ran
+    in this process."""
+    measured = [
+        f"{report.nodeid}: {value}"
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "teardown"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "measured"
+    ]
+    if measured:
+        terminalreporter.section("measured")
+        for line in measured:
+            terminalreporter.write_line(line)
     lane = sys.modules.get("podman")
     timings = getattr(lane, "TIMINGS", None)
     if timings:

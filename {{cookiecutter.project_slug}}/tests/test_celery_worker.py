@@ -385,3 +385,28 @@ def test_a_failed_job_tells_clients_what_failed_without_internal_addresses(
     assert state["status"] == "failed"
     assert state["error"] == "ConnectionError: a service the job needs could not be reached"
     assert "10.0.3.7" not in celery_api.get(f"/jobs/{job_id}").text
+
+
+def test_a_late_progress_update_never_replaces_a_finished_job(
+    celery_api: httpx.Client, private_redis: RedisServer
+) -> None:
+    """A worker that froze mid-job (a hung host) resumes after another worker re-ran the
+    job to its end: its next progress update must leave the finished state as it is (the
+    template's scale-out test caught it turning a succeeded job back into running)."""
+    settings = make_settings(jobs_backend="celery", redis_url=private_redis.url)
+    store = celery_app.create_celery_app(settings, worker=True).backend
+    assert isinstance(store, celery_app.PollingRedisBackend)
+    running, finished, failed = (
+        celery_api.post("/reports", json={"rows": 1}).json()["id"]  # no worker: queued
+        for _ in range(3)
+    )
+    store.mark_as_done(finished, {"rows": 1})
+    store.mark_as_failure(failed, ValueError("bad rows"))
+    for job_id in (running, finished, failed):
+        celery_app.write_state(store, job_id, celery_app.PROGRESS, 40, expires=60)
+
+    assert job_state(celery_api, running)["status"] == "running"
+    assert job_state(celery_api, running)["progress"] == 40
+    done = job_state(celery_api, finished)
+    assert (done["status"], done["progress"], done["result"]) == ("succeeded", 100, {"rows": 1})
+    assert job_state(celery_api, failed)["status"] == "failed"
