@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery, Task, signals
 from celery.backends.redis import RedisBackend
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -21,6 +21,7 @@ from ..context import request_id_var, subject_var
 from ..settings import Settings
 from . import broker
 from .models import (
+    JobCancelledError,
     JobFailedError,
     TransientJobError,
     describe_error,
@@ -42,6 +43,35 @@ SUBJECT_HEADER = "x_subject"
 # and the task reports PROGRESS while it runs.
 QUEUED = "QUEUED"
 PROGRESS = "PROGRESS"
+
+# Keys beside Celery's own `celery-task-meta-<id>`, kept as long (JOB_RETENTION_SECONDS).
+# The cancel flag: `DELETE /jobs/{id}` sets it, to the status the job had then
+# (`queued` or `running`). It lives here, in the result store, and not only in Celery's
+# revoke list: a worker keeps revoked ids in memory, so a restarted worker, or another
+# one that gets the task redelivered after a crash, would run a revoked job again. The
+# task reads the flag when it starts and at each progress report.
+CANCEL_KEY_PREFIX = "job-cancel-"
+# What a job runs (`{"name", "params"}`), written with its QUEUED state, for a retry.
+REQUEST_KEY_PREFIX = "job-request-"
+# The id of the job that retried this one (`retried_as`), set once (SET NX).
+RETRIED_KEY_PREFIX = "job-retried-as-"
+CANCELLED_WHILE_QUEUED = b"queued"
+CANCELLED_WHILE_RUNNING = b"running"
+# The reason a cancelled job's REVOKED state records.
+CANCELLED_REASON = "cancelled"
+
+
+def cancel_key(job_id: str) -> str:
+    return CANCEL_KEY_PREFIX + job_id
+
+
+def request_key(job_id: str) -> str:
+    return REQUEST_KEY_PREFIX + job_id
+
+
+def retried_key(job_id: str) -> str:
+    return RETRIED_KEY_PREFIX + job_id
+
 
 # Errors worth another try: the job's own transient failures and lost connections.
 # Anything else is a bug or bad input, and retrying it would only fail again.
@@ -195,22 +225,31 @@ def encode_state(store: RedisBackend, job_id: str, state: str, progress: int) ->
     return encoded
 
 
-def write_state(store: RedisBackend, job_id: str, state: str, progress: int, expires: int) -> None:
+def write_state(store: RedisBackend, job_id: str, state: str, progress: int, expires: int) -> bool:
     """Store a job's PROGRESS state with one SET, and no retry: the caller decides what
     a failure means. Celery's `store_result` reads the key first (to never overwrite a
     finished task) and retries; neither helps a state that the next update replaces.
-    (The API writes QUEUED with the task message, see `celery_backend.QueuePublisher`.)"""
+    (The API writes QUEUED with the task message, see `celery_backend.QueuePublisher`.)
+
+    Returns whether the job was cancelled: its cancel flag, read in the same pipeline,
+    costs no round trip more."""
     state_bytes = encode_state(store, job_id, state, progress)
-    store.client.set(store.get_key_for_task(job_id), state_bytes, ex=expires)
+    with store.client.pipeline(transaction=False) as pipe:
+        pipe.set(store.get_key_for_task(job_id), state_bytes, ex=expires)
+        pipe.exists(cancel_key(job_id))
+        _, cancelled = pipe.execute()
+    return bool(cancelled)
 
 
 class ProgressReporter:
-    """`report_progress` for a job on a worker: best effort, never raising.
+    """`report_progress` for a job on a worker: best effort, never raising, except
+    JobCancelledError once the job was cancelled.
 
     Progress is a courtesy to whoever polls: when Redis is away, an update is logged
     and skipped (and updates pause a few seconds), and the job goes on. A failed update
     must not fail or retry the job: that turned every running job of a 3 s outage into
-    a failed one.
+    a failed one. Each update reads the cancel flag in the same pipeline as its SET
+    (`write_state`): no round trip more than before.
     """
 
     def __init__(self, task: Task[Any, Any]) -> None:
@@ -225,7 +264,8 @@ class ProgressReporter:
         assert isinstance(store, RedisBackend)
         assert job_id is not None
         try:
-            write_state(store, job_id, PROGRESS, percent, self.task.app.conf.result_expires)
+            expires = self.task.app.conf.result_expires
+            cancelled = write_state(store, job_id, PROGRESS, percent, expires)
         except RedisError as exc:
             self.paused_until = time.monotonic() + PROGRESS_PAUSE_SECONDS
             logger.warning(
@@ -236,6 +276,8 @@ class ProgressReporter:
             )
         else:
             self.last_reported = percent
+            if cancelled:
+                raise JobCancelledError(f"job {job_id} was cancelled")
 
 
 class DurableTask(Task):  # type: ignore[type-arg]
@@ -259,12 +301,34 @@ class DurableTask(Task):  # type: ignore[type-arg]
             raise Reject(reason, requeue=True) from rejected
 
 
+def is_cancelled(task: Task[Any, Any]) -> bool:
+    store = task.backend
+    assert isinstance(store, RedisBackend)
+    return bool(store.client.exists(cancel_key(str(task.request.id))))
+
+
+def end_cancelled(task: Task[Any, Any], name: str, when: str) -> Ignore:
+    """Store the job as REVOKED (read as `cancelled`) and return the Ignore to raise:
+    Celery then acks the message and stores nothing over it. Never FAILURE, which
+    `autoretry_for` and clients would take for an error."""
+    logger.info("job %s (%s) cancelled %s", task.request.id, name, when)
+    task.backend.mark_as_revoked(str(task.request.id), CANCELLED_REASON, request=task.request)
+    return Ignore()
+
+
 def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run the registered job `name`, storing its progress as it goes."""
+    """Run the registered job `name`, storing its progress as it goes; a cancelled job
+    does not start, and a running one stops at its next progress report."""
+    if is_cancelled(task):  # a queued job cancelled, or a cancelled one redelivered
+        raise end_cancelled(task, name, "before it started")
     logger.info("job %s (%s) started, attempt %d", task.request.id, name, task.request.retries + 1)
     try:
         result = find_job(name)(params, ProgressReporter(task))
+    except JobCancelledError:
+        raise end_cancelled(task, name, "while running") from None
     except TRANSIENT_ERRORS:
+        if is_cancelled(task):  # not worth a retry: nobody wants the result
+            raise end_cancelled(task, name, "after a transient error") from None
         raise  # retried by `autoretry_for`
     except Exception as exc:
         # Celery stores the error as JSON and rebuilds it in the API process; a plain
@@ -276,7 +340,14 @@ def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str
 
 # How a run of the task ended (Celery's state after it), as the job metrics name it.
 # REJECTED: requeued after a broker outage (DurableTask), so it runs again.
-ENDED_AS = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried", "REJECTED": "retried"}
+# IGNORED: cancelled (see `end_cancelled`).
+ENDED_AS = {
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "RETRY": "retried",
+    "REJECTED": "retried",
+    "IGNORED": "cancelled",
+}
 UNKNOWN_JOB = "unknown"
 
 
