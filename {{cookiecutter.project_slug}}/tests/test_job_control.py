@@ -364,6 +364,14 @@ def test_a_celery_job_that_ignores_its_cancel_is_terminated_after_the_grace_peri
         assert worker.pool_pids() != pool_before
         assert not any("succeeded" in m for m in api.messages(job_id))
 
+        # What it ran survived the kill (the worker's main process stored REVOKED
+        # with the task's arguments): it can be retried, and cancelled again.
+        retried = http.post(f"/jobs/{job_id}/retry")
+        assert retried.status_code == 202, retried.text
+        again = retried.json()["id"]
+        assert http.delete(f"/jobs/{again}").status_code == 202
+        assert api.wait_for(again, FINAL, timeout=15)["status"] == "cancelled"
+
 
 def test_a_cancelled_job_is_not_run_again_after_its_worker_is_killed(
     private_redis: RedisServer, logs: LogCapture, tmp_path: Path

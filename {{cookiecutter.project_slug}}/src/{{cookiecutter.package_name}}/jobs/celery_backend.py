@@ -11,7 +11,6 @@ most that, never the event loop.
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -42,7 +41,6 @@ from .celery_app import (
     cancel_key,
     create_celery_app,
     encode_state,
-    request_key,
     retried_key,
 )
 from .models import (
@@ -108,19 +106,14 @@ return 0
 
 
 class Submission:
-    """One job's writes, waiting for a batch: its QUEUED record and what it runs (for a
-    retry), then its message."""
+    """One job's two writes, waiting for a batch: its QUEUED record, then its message."""
 
-    __slots__ = ("job_id", "message", "request", "sent", "state", "state_key")
+    __slots__ = ("message", "sent", "state", "state_key")
 
-    def __init__(
-        self, state_key: str, state: bytes, message: str, job_id: str, request: bytes
-    ) -> None:
+    def __init__(self, state_key: str, state: bytes, message: str) -> None:
         self.state_key = state_key
         self.state = state
         self.message = message
-        self.job_id = job_id
-        self.request = request  # `{"name", "params"}`, JSON
         self.sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
@@ -204,11 +197,6 @@ class QueuePublisher:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for submission in batch:
                         pipe.set(submission.state_key, submission.state, ex=self.state_expires)
-                        pipe.set(
-                            request_key(submission.job_id),
-                            submission.request,
-                            ex=self.state_expires,
-                        )
                         pipe.lpush(self.queue, submission.message)
                     await pipe.execute()
         except SEND_ERRORS as exc:
@@ -282,7 +270,8 @@ class CeleryBackend:
         store = self._result_store
         # QUEUED from the moment the message is there: an id that reads PENDING (which
         # Celery reports for any unknown id) was never issued.
-        state = encode_state(store, job.id, QUEUED, 0)
+        # With what it runs, for a retry (see `celery_app.encode_state`).
+        state = encode_state(store, job.id, QUEUED, 0, (job.name, job.params))
         message = encode_task_message(
             self.app,
             RUN_JOB_TASK,
@@ -291,9 +280,7 @@ class CeleryBackend:
             {REQUEST_ID_HEADER: job.request_id, SUBJECT_HEADER: job.subject},
             self._publisher.queue,
         )
-        request = json.dumps({"name": job.name, "params": job.params}).encode()
-        submission = Submission(store.get_key_for_task(job.id), state, message, job.id, request)
-        await self._publisher.publish(submission)
+        await self._publisher.publish(Submission(store.get_key_for_task(job.id), state, message))
         logger.info("job %s (%s) queued", job.id, job.name)
 
     async def get(self, job_id: str) -> JobState | None:
@@ -302,40 +289,40 @@ class CeleryBackend:
     def _read_state(self, job_id: str, deadline: float) -> JobState | None:
         return self._read(job_id)[0]
 
-    def _read(self, job_id: str, *extra_keys: str) -> tuple[JobState | None, list[Any]]:
-        """The job's state, and the values of `extra_keys`, in one round trip."""
+    def _read(self, job_id: str) -> tuple[JobState | None, dict[str, Any]]:
+        """The job's state, and Celery's meta it comes from, in one round trip."""
         store = self._result_store
         try:
             # One read of the stored meta: `AsyncResult.state` and `.info` each read
             # Redis, and a job that ends between the two would pair a running state
             # with the final result. The cancel flag and `retried_as` come with it.
-            raw_meta, cancelled, retried_as, *extra = store.client.mget(
-                store.get_key_for_task(job_id), cancel_key(job_id), retried_key(job_id), *extra_keys
+            raw_meta, cancelled, retried_as = store.client.mget(
+                store.get_key_for_task(job_id), cancel_key(job_id), retried_key(job_id)
             )
         except UNAVAILABLE_ERRORS as exc:
             raise JobBackendUnavailableError(describe_error(exc, ())) from exc
         if raw_meta is None:  # never issued here, or expired
-            return None, extra
-        meta = store.decode_result(raw_meta)
+            return None, {}
+        meta: dict[str, Any] = store.decode_result(raw_meta)
         state, info = meta["status"], meta["result"]
         status = CELERY_STATE_TO_STATUS.get(state)
         if status is None:
-            return None, extra
+            return None, meta
         common: dict[str, Any] = {"id": job_id, "status": status}
         if retried_as is not None:
             common["retried_as"] = retried_as.decode()
         if status is JobStatus.SUCCEEDED:
-            return JobState(progress=100, result=info, **common), extra
+            return JobState(progress=100, result=info, **common), meta
         if status is JobStatus.FAILED:
-            return JobState(error=self._public_error(info), **common), extra
+            return JobState(error=self._public_error(info), **common), meta
         if status is JobStatus.CANCELLED:
             terminated = str(info) != CANCELLED_REASON and isinstance(info, BaseException)
-            return JobState(error=TERMINATED if terminated else None, **common), extra
+            return JobState(error=TERMINATED if terminated else None, **common), meta
         progress = info.get("progress", 0) if isinstance(info, dict) else 0
         if cancelled == CANCELLED_WHILE_QUEUED:
             # It never starts: a worker that takes it reads the flag and stores REVOKED.
             common["status"] = JobStatus.CANCELLED
-        return JobState(progress=progress, **common), extra
+        return JobState(progress=progress, **common), meta
 
     async def cancel(self, job_id: str) -> JobState | None:
         state = await self._in_thread(partial(self._cancel, job_id))
@@ -418,13 +405,18 @@ class CeleryBackend:
     def _claim_retry(
         self, job_id: str, new_id: str, deadline: float
     ) -> tuple[str, dict[str, Any]] | None:
-        state, (request,) = self._read(job_id, request_key(job_id))
+        state, meta = self._read(job_id)
         if state is None:
             return None
         if (conflict := retry_conflict(state)) is not None:
             raise conflict
-        if request is None:
-            raise JobConflictError(NO_REQUEST, state)
+        # What it ran: Celery's extended result (`result_extended`) keeps the task's
+        # arguments in every state it stores, and the QUEUED record has them too.
+        match meta.get("args"):
+            case [str() as name, dict() as params]:
+                pass
+            case _:
+                raise JobConflictError(NO_REQUEST, state)
         try:
             # NX: of two retries at once, one claims the job; the other gets 409.
             claimed = self.redis.set(
@@ -435,8 +427,7 @@ class CeleryBackend:
         if not claimed:
             now = self._read_state(job_id, deadline)
             raise retry_conflict(now or state) or JobConflictError("retried already", state)
-        what = json.loads(request)
-        return what["name"], what["params"]
+        return name, params
 
     def _release_retry(self, job_id: str, new_id: str, deadline: float) -> None:
         self.redis.eval(RELEASE_CLAIM, 1, retried_key(job_id), new_id)
