@@ -327,7 +327,8 @@ def end_cancelled(task: Task[Any, Any], name: str, when: str) -> Ignore:
 def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run the registered job `name`, storing its progress as it goes; a cancelled job
     does not start, and a running one stops at its next progress report."""
-    if is_cancelled(task):  # a queued job cancelled, or a cancelled one redelivered
+    # A queued job cancelled, or a cancelled one redelivered: one EXISTS a task start.
+    if is_cancelled(task):
         raise end_cancelled(task, name, "before it started")
     logger.info("job %s (%s) started, attempt %d", task.request.id, name, task.request.retries + 1)
     try:

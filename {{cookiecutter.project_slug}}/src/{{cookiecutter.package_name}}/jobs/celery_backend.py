@@ -320,7 +320,8 @@ class CeleryBackend:
             return JobState(error=TERMINATED if terminated else None, **common), meta
         progress = info.get("progress", 0) if isinstance(info, dict) else 0
         if cancelled == CANCELLED_WHILE_QUEUED:
-            # It never starts: a worker that takes it reads the flag and stores REVOKED.
+            # It never starts: a worker that takes it reads the flag and stores REVOKED
+            # (one taking it as the flag was set stops at its first progress report).
             common["status"] = JobStatus.CANCELLED
         return JobState(progress=progress, **common), meta
 
@@ -510,8 +511,10 @@ class CeleryBackend:
         return None  # the jobs wait in Redis for the workers, whatever this process does
 
     async def aclose(self) -> None:
+        # Pending terminations end with this process (see `_terminate_later`).
         for termination in self._terminations:
             termination.cancel()
+        await asyncio.gather(*self._terminations, return_exceptions=True)
         await self._publisher.aclose()
         await asyncio.get_running_loop().run_in_executor(self._threads, self.app.close)
         self._threads.shutdown()

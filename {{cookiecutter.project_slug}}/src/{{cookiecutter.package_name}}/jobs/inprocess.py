@@ -134,6 +134,7 @@ class InMemoryJobStore:
         """A queued job ends `cancelled` now; a running one is marked to stop (at its
         next progress report). The state after, or None for an unknown id."""
         with self._lock:
+            self._forget_expired()
             state = self._active.get(job_id)
             if state is None:
                 finished = self._finished.get(job_id)

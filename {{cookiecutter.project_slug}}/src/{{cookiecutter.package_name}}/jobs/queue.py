@@ -103,7 +103,13 @@ class JobQueue:
 
     async def submit(self, name: str, params: Mapping[str, Any]) -> str:
         find_job(name)  # an unknown name fails here, in the request, on any backend
-        job = self._new_request(name, params)
+        job = JobRequest(
+            id=uuid.uuid4().hex,
+            name=name,
+            params=dict(params),
+            request_id=request_id_var.get(),
+            subject=subject_var.get(),
+        )
         await self._backend.submit(job, self._run_after_response)
         self._backend.events.submitted(name)
         return job.id
@@ -115,20 +121,16 @@ class JobQueue:
         """A new job with the old one's name and params, submitted by this request;
         None for an unknown id."""
         # The backend fills in the old job's name and params.
-        job = await self._backend.retry(job_id, self._new_request("", {}), self._run_after_response)
-        if job is not None:
-            self._backend.events.submitted(job.name)
-        return job
-
-    @staticmethod
-    def _new_request(name: str, params: Mapping[str, Any]) -> JobRequest:
-        return JobRequest(
+        new_job = JobRequest(
             id=uuid.uuid4().hex,
-            name=name,
-            params=dict(params),
+            name="",
             request_id=request_id_var.get(),
             subject=subject_var.get(),
         )
+        job = await self._backend.retry(job_id, new_job, self._run_after_response)
+        if job is not None:
+            self._backend.events.submitted(job.name)
+        return job
 
     async def get(self, job_id: str) -> JobState | None:
         return await self._backend.get(job_id)
