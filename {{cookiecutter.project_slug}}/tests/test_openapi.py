@@ -40,6 +40,8 @@ PROVOKED = [
     ("post", "/reports", {"url": "/reports", "content": b'{"rows": "\xff"}', "headers": JSON}, 400),
     ("post", "/notifications", {"url": "/notifications", "content": b"x" * 2_000_000}, 413),
     ("post", "/reports", {"url": "/reports", "json": {"rows": 1}}, 202),
+    ("delete", "/jobs/{job_id}", {"url": "/jobs/never-issued"}, 404),
+    ("post", "/jobs/{job_id}/retry", {"url": "/jobs/never-issued/retry"}, 404),
 ]
 
 
@@ -62,10 +64,29 @@ def test_each_response_a_client_can_get_is_declared_with_its_body(
     assert set(schema.get("required", [])) <= set(response.json()), (schema, response.json())
 
 
+def test_the_409_of_cancel_and_retry_is_declared_with_its_body(
+    client: TestClient, document: dict[str, Any]
+) -> None:
+    # TestClient runs the in-process job before it returns: it has succeeded.
+    job_id = client.post("/reports", json={"rows": 1}).json()["id"]
+    for method, path in [("delete", "/jobs/{job_id}"), ("post", "/jobs/{job_id}/retry")]:
+        response = client.request(method.upper(), path.format(job_id=job_id))
+        assert response.status_code == 409, response.text
+        schema = declared(document, method, path)["409"]["content"]["application/json"]["schema"]
+        component = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        assert set(component["required"]) == set(response.json()) == {"detail", "job"}
+        assert response.json()["job"]["status"] == "succeeded"
+
+
 def test_the_job_endpoints_declare_their_headers(document: dict[str, Any]) -> None:
-    accepted = declared(document, "post", "/reports")["202"]
-    assert "Location" in accepted["headers"]
-    for method, path in [("post", "/reports"), ("get", "/jobs/{job_id}")]:
+    for method, path in [("post", "/reports"), ("post", "/jobs/{job_id}/retry")]:
+        assert "Location" in declared(document, method, path)["202"]["headers"]
+    for method, path in [
+        ("post", "/reports"),
+        ("get", "/jobs/{job_id}"),
+        ("delete", "/jobs/{job_id}"),
+        ("post", "/jobs/{job_id}/retry"),
+    ]:
         assert "Retry-After" in declared(document, method, path)["503"]["headers"]
 
 

@@ -45,6 +45,10 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("worker_metrics_port", 65536),
         ("worker_metrics_port", -1),
         ("worker_metrics_port", ""),
+        # Cancel (issue 10)
+        ("job_cancel_grace_seconds", -1),
+        ("job_cancel_grace_seconds", "nan"),
+        ("job_cancel_grace_seconds", 3_601),
         {%- endif %}
         ("docs_enabled", "maybe"),
         {%- if cookiecutter.auth == "jwt" %}
@@ -118,6 +122,9 @@ def serve_command() -> list[str]:
         # CORS, rate limits, proxies (issue 11)
         ("RATE_LIMIT", "lots"),
         ("FORWARDED_ALLOW_IPS", "10.0.0.l"),
+        {%- if cookiecutter.job_backend == "celery" %}
+        ("JOB_CANCEL_GRACE_SECONDS", "soon"),
+        {%- endif %}
         {%- if cookiecutter.auth == "token" %}
         ("API_TOKEN", "s3cret-short"),
         {%- elif cookiecutter.auth == "jwt" %}

@@ -112,6 +112,16 @@ class Settings(LoggingSettings):
             "gets 503: a hung Redis costs a client this long at most."
         ),
     )
+    job_cancel_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3_600,
+        allow_inf_nan=False,
+        description=(
+            "A cancelled Celery job that has not stopped (at a progress report) this many "
+            "seconds after DELETE /jobs/{id} is terminated (its pool process killed)."
+        ),
+    )
 {%- else %}
 
     jobs_backend: Literal["inprocess"] = Field(

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..context import request_id_var
-from ..jobs import JobBackendUnavailableError
+from ..jobs import JobBackendUnavailableError, JobConflictError
 from ..logs import escape_control_characters
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,13 @@ async def job_backend_unavailable(request: Request, exc: Exception) -> JSONRespo
     )
 
 
+async def job_conflict(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, JobConflictError)
+    return JSONResponse(
+        {"detail": exc.detail, "job": exc.state.model_dump(mode="json")}, status_code=409
+    )
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's ServerErrorMiddleware calls this, then re-raises so the server logs
     # the traceback (with the request id: see the request-id middleware).
@@ -70,4 +77,5 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(JobBackendUnavailableError, job_backend_unavailable)
+    app.add_exception_handler(JobConflictError, job_conflict)
     app.add_exception_handler(Exception, internal_error)

@@ -1,4 +1,5 @@
-"""`POST /reports` submits the example heavy job; `GET /jobs/{id}` follows any job."""
+"""`POST /reports` submits the example heavy job; `GET /jobs/{id}` follows any job,
+`DELETE /jobs/{id}` cancels it and `POST /jobs/{id}/retry` runs a failed one again."""
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel
@@ -7,7 +8,7 @@ from ..jobs import JobState, JobStatus
 from ..jobs.reports import ReportParams
 from ..middleware.access_log import add_access_log_fields
 from .dependencies import JobQueueDep
-from .responses import INVALID, LOCATION, NOT_FOUND, UNAVAILABLE
+from .responses import CONFLICT, INVALID, LOCATION, NOT_FOUND, UNAVAILABLE
 {%- if cookiecutter.auth == "jwt" %}
 from .security import require_scopes
 {%- endif %}
@@ -46,5 +47,58 @@ async def create_report(
 async def get_job(job_id: str, jobs: JobQueueDep) -> JobState:
     state = await jobs.get(job_id)
     if state is None:
-        raise HTTPException(status_code=404, detail="No job with this id")
+        raise no_such_job()
     return state
+
+
+def no_such_job() -> HTTPException:
+    return HTTPException(status_code=404, detail="No job with this id")
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        202: {
+            "description": (
+                "Cancelled: a queued job never starts (`cancelled` at once); a running "
+                "one is asked to stop and shows `running` until it has."
+            )
+        },
+        **CONFLICT,
+        **NOT_FOUND,
+        **UNAVAILABLE,
+    },
+    {%- if cookiecutter.auth == "jwt" %}
+    dependencies=[require_scopes("reports:write")],
+    {%- endif %}
+)
+async def cancel_job(job_id: str, jobs: JobQueueDep) -> JobState:
+    state = await jobs.cancel(job_id)
+    if state is None:
+        raise no_such_job()
+    return state
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        202: {"description": "The new job, queued; follow it at `Location`.", "headers": LOCATION},
+        **CONFLICT,
+        **NOT_FOUND,
+        **UNAVAILABLE,
+    },
+    {%- if cookiecutter.auth == "jwt" %}
+    dependencies=[require_scopes("reports:write")],
+    {%- endif %}
+)
+async def retry_job(
+    job_id: str, request: Request, response: Response, jobs: JobQueueDep
+) -> JobAccepted:
+    job = await jobs.retry(job_id)
+    if job is None:
+        raise no_such_job()
+    response.headers["Location"] = f"/jobs/{job.id}"
+    add_access_log_fields(request, job_id=job.id)
+    return JobAccepted(id=job.id)

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..jobs import JobState
+
 Responses = dict[int | str, dict[str, Any]]
 
 
@@ -65,6 +67,19 @@ UNAVAILABLE: Responses = {
     }
 }
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No job was issued with this id."}}
+
+
+class ConflictBody(BaseModel):
+    """409: the job's state forbids the request; `job` is that state."""
+
+    detail: str
+    job: JobState
+
+
+# Cancel and retry (issue 10).
+CONFLICT: Responses = {
+    409: {"model": ConflictBody, "description": "The job's state forbids it; `job` shows it."}
+}
 # On every operation: a bug answers this, with the request id.
 INTERNAL: Responses = {500: {"model": InternalErrorBody, "description": "A bug; see the log."}}
 {%- if cookiecutter.auth != "none" %}

@@ -4,6 +4,8 @@ from ..settings import Settings
 from .inprocess import InMemoryJobStore, InProcessBackend
 from .models import (
     JobBackendUnavailableError,
+    JobCancelledError,
+    JobConflictError,
     JobRequest,
     JobState,
     JobStatus,
@@ -30,6 +32,8 @@ __all__ = [
     "NO_JOB_EVENTS",
     "JobBackend",
     "JobBackendUnavailableError",
+    "JobCancelledError",
+    "JobConflictError",
     "JobEvents",
     "JobQueue",
     "JobRequest",

@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery, Task, signals
 from celery import states as celery_states
 from celery.backends.redis import RedisBackend
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from kombu.exceptions import KombuError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -22,6 +22,7 @@ from ..context import request_id_var, subject_var
 from ..settings import Settings
 from . import broker
 from .models import (
+    JobCancelledError,
     JobFailedError,
     TransientJobError,
     describe_error,
@@ -43,6 +44,29 @@ SUBJECT_HEADER = "x_subject"
 # and the task reports PROGRESS while it runs.
 QUEUED = "QUEUED"
 PROGRESS = "PROGRESS"
+
+# Keys beside Celery's own `celery-task-meta-<id>`, kept as long (JOB_RETENTION_SECONDS).
+# The cancel flag: `DELETE /jobs/{id}` sets it, to the status the job had then
+# (`queued` or `running`). It lives here, in the result store, and not only in Celery's
+# revoke list: a worker keeps revoked ids in memory, so a restarted worker, or another
+# one that gets the task redelivered after a crash, would run a revoked job again. The
+# task reads the flag when it starts and at each progress report.
+CANCEL_KEY_PREFIX = "job-cancel-"
+# The id of the job that retried this one (`retried_as`), set once (SET NX).
+RETRIED_KEY_PREFIX = "job-retried-as-"
+CANCELLED_WHILE_QUEUED = b"queued"
+CANCELLED_WHILE_RUNNING = b"running"
+# The reason a cancelled job's REVOKED state records.
+CANCELLED_REASON = "cancelled"
+
+
+def cancel_key(job_id: str) -> str:
+    return CANCEL_KEY_PREFIX + job_id
+
+
+def retried_key(job_id: str) -> str:
+    return RETRIED_KEY_PREFIX + job_id
+
 
 # Errors worth another try: the job's own transient failures and lost connections.
 # Anything else is a bug or bad input, and retrying it would only fail again.
@@ -163,6 +187,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # revoked the running job, and it was never run again).
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "result_expires": settings.job_retention_seconds,
+        # Every state Celery stores carries the task's arguments (the job's name and
+        # params): what `POST /jobs/{id}/retry` runs again. Stored there, the API's
+        # submission stays one SET and one LPUSH (its QUEUED record has the arguments
+        # too): bench/publish_cost.py, x16 in flight, 89-95 us of CPU a job against
+        # 82-99 us before; a record of its own, one more SET in the pipeline, cost
+        # 104-107 us.
+        "result_extended": True,
         "worker_hijack_root_logger": False,
     }
 
@@ -187,57 +218,76 @@ def worker_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def encode_state(store: RedisBackend, job_id: str, state: str, progress: int) -> bytes:
+def encode_state(
+    store: RedisBackend,
+    job_id: str,
+    state: str,
+    progress: int,
+    args: tuple[str, dict[str, Any]] | None = None,
+) -> bytes:
     """A QUEUED or PROGRESS state as Celery's result store keeps it (`get_task_meta`
-    reads it back)."""
-    encoded: bytes = store.encode(
-        {"status": state, "result": {"progress": progress}, "task_id": job_id}
-    )
+    reads it back); with the task's `args`, as Celery's extended result has them."""
+    meta: dict[str, Any] = {"status": state, "result": {"progress": progress}, "task_id": job_id}
+    if args is not None:
+        meta.update(name=RUN_JOB_TASK, args=args, kwargs={})
+    encoded: bytes = store.encode(meta)
     return encoded
 
 
-# SET unless the stored state is final: one atomic step in Redis. A worker that froze
-# mid-job (a hung host) and resumes after another worker re-ran and finished the job
-# must not turn its result back into "running" (found by the template's scale-out test:
-# the late PROGRESS write, then Celery's FAILURE from the blown time limit, replaced
-# the other host's SUCCESS; Celery guards only its own stores, and only SUCCESS).
-SET_UNLESS_FINAL = """
+# SET unless the stored state is final, and read the job's cancel flag: one atomic step
+# in Redis, one round trip. A worker that froze mid-job (a hung host) and resumes after
+# another worker re-ran and finished the job must not turn its result back into
+# "running" (found by the template's scale-out test: the late PROGRESS write, then
+# Celery's FAILURE from the blown time limit, replaced the other host's SUCCESS; Celery
+# guards only its own stores, and only SUCCESS). A cancelled job is REVOKED, final too.
+# KEYS: the state, the cancel flag; ARGV: the new state, its expiry, the final states.
+WRITE_PROGRESS = """
 local current = redis.call('GET', KEYS[1])
+local final = false
 if current then
   local decoded, meta = pcall(cjson.decode, current)
   if decoded and type(meta) == 'table' then
     for i = 3, #ARGV do
-      if meta['status'] == ARGV[i] then return 0 end
+      if meta['status'] == ARGV[i] then final = true end
     end
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
+if not final then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return redis.call('EXISTS', KEYS[2])
 """
 FINAL_STATES = sorted(celery_states.READY_STATES)
 
 
-def write_state(store: RedisBackend, job_id: str, state: str, progress: int, expires: int) -> None:
+def write_state(store: RedisBackend, job_id: str, state: str, progress: int, expires: int) -> bool:
     """Store a job's PROGRESS state in one round trip, and no retry: the caller decides
     what a failure means. Celery's `store_result` reads the key first and retries;
     neither helps a state that the next update replaces. A final state stays (see
-    SET_UNLESS_FINAL): measured 36 us a call against 29 us for a plain SET, about
-    4 us of it in Redis. (The API writes QUEUED with the task message, see
-    `celery_backend.QueuePublisher`.)"""
+    WRITE_PROGRESS): measured 36 us a call against 29 us for a plain SET, about 4 us
+    of it in Redis. (The API writes QUEUED with the task message, see
+    `celery_backend.QueuePublisher`.)
+
+    Returns whether the job was cancelled: its cancel flag, read by the same script,
+    costs no round trip more."""
     state_bytes = encode_state(store, job_id, state, progress)
-    set_unless_final = store.client.register_script(SET_UNLESS_FINAL)  # hashes it, no I/O
-    set_unless_final(
-        keys=[store.get_key_for_task(job_id)], args=[state_bytes, expires, *FINAL_STATES]
+    write_progress = store.client.register_script(WRITE_PROGRESS)  # hashes it, no I/O
+    cancelled = write_progress(
+        keys=[store.get_key_for_task(job_id), cancel_key(job_id)],
+        args=[state_bytes, expires, *FINAL_STATES],
     )
+    return bool(cancelled)
 
 
 class ProgressReporter:
-    """`report_progress` for a job on a worker: best effort, never raising.
+    """`report_progress` for a job on a worker: best effort, never raising, except
+    JobCancelledError once the job was cancelled.
 
     Progress is a courtesy to whoever polls: when Redis is away, an update is logged
     and skipped (and updates pause a few seconds), and the job goes on. A failed update
     must not fail or retry the job: that turned every running job of a 3 s outage into
-    a failed one.
+    a failed one. Each update reads the cancel flag in the same pipeline as its SET
+    (`write_state`): no round trip more than before.
     """
 
     def __init__(self, task: Task[Any, Any]) -> None:
@@ -252,7 +302,8 @@ class ProgressReporter:
         assert isinstance(store, RedisBackend)
         assert job_id is not None
         try:
-            write_state(store, job_id, PROGRESS, percent, self.task.app.conf.result_expires)
+            expires = self.task.app.conf.result_expires
+            cancelled = write_state(store, job_id, PROGRESS, percent, expires)
         except RedisError as exc:
             self.paused_until = time.monotonic() + PROGRESS_PAUSE_SECONDS
             logger.warning(
@@ -263,6 +314,8 @@ class ProgressReporter:
             )
         else:
             self.last_reported = percent
+            if cancelled:
+                raise JobCancelledError(f"job {job_id} was cancelled")
 
 
 class DurableTask(Task):  # type: ignore[type-arg]
@@ -286,12 +339,35 @@ class DurableTask(Task):  # type: ignore[type-arg]
             raise Reject(reason, requeue=True) from rejected
 
 
+def is_cancelled(task: Task[Any, Any]) -> bool:
+    store = task.backend
+    assert isinstance(store, RedisBackend)
+    return bool(store.client.exists(cancel_key(str(task.request.id))))
+
+
+def end_cancelled(task: Task[Any, Any], name: str, when: str) -> Ignore:
+    """Store the job as REVOKED (read as `cancelled`) and return the Ignore to raise:
+    Celery then acks the message and stores nothing over it. Never FAILURE, which
+    `autoretry_for` and clients would take for an error."""
+    logger.info("job %s (%s) cancelled %s", task.request.id, name, when)
+    task.backend.mark_as_revoked(str(task.request.id), CANCELLED_REASON, request=task.request)
+    return Ignore()
+
+
 def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run the registered job `name`, storing its progress as it goes."""
+    """Run the registered job `name`, storing its progress as it goes; a cancelled job
+    does not start, and a running one stops at its next progress report."""
+    # A queued job cancelled, or a cancelled one redelivered: one EXISTS a task start.
+    if is_cancelled(task):
+        raise end_cancelled(task, name, "before it started")
     logger.info("job %s (%s) started, attempt %d", task.request.id, name, task.request.retries + 1)
     try:
         result = find_job(name)(params, ProgressReporter(task))
+    except JobCancelledError:
+        raise end_cancelled(task, name, "while running") from None
     except TRANSIENT_ERRORS:
+        if is_cancelled(task):  # not worth a retry: nobody wants the result
+            raise end_cancelled(task, name, "after a transient error") from None
         raise  # retried by `autoretry_for`
     except Exception as exc:
         # Celery stores the error as JSON and rebuilds it in the API process; a plain
@@ -303,7 +379,14 @@ def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str
 
 # How a run of the task ended (Celery's state after it), as the job metrics name it.
 # REJECTED: requeued after a broker outage (DurableTask), so it runs again.
-ENDED_AS = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried", "REJECTED": "retried"}
+# IGNORED: cancelled (see `end_cancelled`).
+ENDED_AS = {
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "RETRY": "retried",
+    "REJECTED": "retried",
+    "IGNORED": "cancelled",
+}
 UNKNOWN_JOB = "unknown"
 
 

@@ -9,13 +9,15 @@ most that, never the event loop.
 """
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -26,6 +28,9 @@ from redis.backoff import NoBackoff
 from ..settings import Settings
 from .broker import encode_task_message
 from .celery_app import (
+    CANCELLED_REASON,
+    CANCELLED_WHILE_QUEUED,
+    CANCELLED_WHILE_RUNNING,
     CONNECTION_ERRORS,
     PROGRESS,
     QUEUED,
@@ -33,16 +38,22 @@ from .celery_app import (
     REQUEST_ID_HEADER,
     RUN_JOB_TASK,
     SUBJECT_HEADER,
+    cancel_key,
     create_celery_app,
     encode_state,
+    retried_key,
 )
 from .models import (
+    FINAL_STATUSES,
     JobBackendUnavailableError,
+    JobConflictError,
     JobFailedError,
     JobRequest,
     JobState,
     JobStatus,
+    cancel_conflict,
     describe_error,
+    retry_conflict,
 )
 from .queue import NO_JOB_EVENTS, JobEvents, RunAfterResponse
 
@@ -60,6 +71,11 @@ QUEUE_LENGTH_TIMEOUT_SECONDS = 0.5
 
 # What a broken connection to Redis looks like, depending on which layer noticed.
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, RuntimeError)
+# What a step done after the response (a termination, a claim released) may meet.
+AFTER_RESPONSE_ERRORS: tuple[type[Exception], ...] = (
+    JobBackendUnavailableError,
+    *UNAVAILABLE_ERRORS,
+)
 # What ends a batch of submissions on the wire: those, or its deadline.
 SEND_ERRORS: tuple[type[Exception], ...] = (TimeoutError, *UNAVAILABLE_ERRORS)
 
@@ -76,8 +92,17 @@ CELERY_STATE_TO_STATUS = {
     PROGRESS: JobStatus.RUNNING,
     "SUCCESS": JobStatus.SUCCEEDED,
     "FAILURE": JobStatus.FAILED,
-    "REVOKED": JobStatus.FAILED,
+    "REVOKED": JobStatus.CANCELLED,
 }
+# Celery's states of a task that a worker is running.
+RUNNING_STATES = frozenset({"STARTED", PROGRESS})
+NO_REQUEST = "the job's name and parameters were not kept: it cannot be retried"
+TERMINATED = "terminated: it did not stop at a progress report within JOB_CANCEL_GRACE_SECONDS"
+# Deletes a retry's claim only if it is still this retry's (the key holds its id).
+RELEASE_CLAIM = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 class Submission:
@@ -209,6 +234,9 @@ class CeleryBackend:
         self.redis = result_store.client
         self.retention_seconds = settings.job_retention_seconds
         self.deadline_seconds = settings.job_backend_deadline_seconds
+        self.cancel_grace_seconds = settings.job_cancel_grace_seconds
+        # Cancelled jobs to terminate if still running at the end of their grace time.
+        self._terminations: set[asyncio.Task[None]] = set()
         self._persistence: str | None = None  # known after the first answer from Redis
         self._threads = ThreadPoolExecutor(CLIENT_THREADS, thread_name_prefix="celery-client")
         self._result_store = result_store
@@ -242,7 +270,8 @@ class CeleryBackend:
         store = self._result_store
         # QUEUED from the moment the message is there: an id that reads PENDING (which
         # Celery reports for any unknown id) was never issued.
-        state = encode_state(store, job.id, QUEUED, 0)
+        # With what it runs, for a retry (see `celery_app.encode_state`).
+        state = encode_state(store, job.id, QUEUED, 0, (job.name, job.params))
         message = encode_task_message(
             self.app,
             RUN_JOB_TASK,
@@ -258,23 +287,151 @@ class CeleryBackend:
         return await self._in_thread(partial(self._read_state, job_id))
 
     def _read_state(self, job_id: str, deadline: float) -> JobState | None:
+        return self._read(job_id)[0]
+
+    def _read(self, job_id: str) -> tuple[JobState | None, dict[str, Any]]:
+        """The job's state, and Celery's meta it comes from, in one round trip."""
+        store = self._result_store
         try:
             # One read of the stored meta: `AsyncResult.state` and `.info` each read
             # Redis, and a job that ends between the two would pair a running state
-            # with the final result.
-            meta = self.app.backend.get_task_meta(job_id)
+            # with the final result. The cancel flag and `retried_as` come with it.
+            raw_meta, cancelled, retried_as = store.client.mget(
+                store.get_key_for_task(job_id), cancel_key(job_id), retried_key(job_id)
+            )
         except UNAVAILABLE_ERRORS as exc:
             raise JobBackendUnavailableError(describe_error(exc, ())) from exc
+        if raw_meta is None:  # never issued here, or expired
+            return None, {}
+        meta: dict[str, Any] = store.decode_result(raw_meta)
         state, info = meta["status"], meta["result"]
         status = CELERY_STATE_TO_STATUS.get(state)
-        if status is None:  # PENDING: never issued here, or expired
-            return None
+        if status is None:
+            return None, meta
+        common: dict[str, Any] = {"id": job_id, "status": status}
+        if retried_as is not None:
+            common["retried_as"] = retried_as.decode()
         if status is JobStatus.SUCCEEDED:
-            return JobState(id=job_id, status=status, progress=100, result=info)
+            return JobState(progress=100, result=info, **common), meta
         if status is JobStatus.FAILED:
-            return JobState(id=job_id, status=status, error=self._public_error(info))
+            return JobState(error=self._public_error(info), **common), meta
+        if status is JobStatus.CANCELLED:
+            terminated = str(info) != CANCELLED_REASON and isinstance(info, BaseException)
+            return JobState(error=TERMINATED if terminated else None, **common), meta
         progress = info.get("progress", 0) if isinstance(info, dict) else 0
-        return JobState(id=job_id, status=status, progress=progress)
+        if cancelled == CANCELLED_WHILE_QUEUED:
+            # It never starts: a worker that takes it reads the flag and stores REVOKED
+            # (one taking it as the flag was set stops at its first progress report).
+            common["status"] = JobStatus.CANCELLED
+        return JobState(progress=progress, **common), meta
+
+    async def cancel(self, job_id: str) -> JobState | None:
+        state = await self._in_thread(partial(self._cancel, job_id))
+        if state is not None:
+            # Queued ones too: a worker may have taken it as the flag was set.
+            self._terminate_later(job_id)
+        return state
+
+    def _cancel(self, job_id: str, deadline: float) -> JobState | None:
+        state = self._read_state(job_id, deadline)
+        if state is None:
+            return None
+        if state.status in FINAL_STATUSES:
+            raise cancel_conflict(state)
+        queued = state.status is JobStatus.QUEUED
+        flag = CANCELLED_WHILE_QUEUED if queued else CANCELLED_WHILE_RUNNING
+        try:
+            # NX: a second cancel of a running job keeps the first one's flag.
+            self.redis.set(cancel_key(job_id), flag, ex=self.retention_seconds, nx=True)
+        except UNAVAILABLE_ERRORS as exc:
+            raise JobBackendUnavailableError(describe_error(exc, ())) from exc
+        if queued:
+            logger.info("job %s cancelled before it started", job_id)
+            return state.model_copy(update={"status": JobStatus.CANCELLED})
+        logger.info("job %s asked to stop", job_id)
+        return state
+
+    def _terminate_later(self, job_id: str) -> None:
+        """Terminate the job if it still runs at the end of its grace time.
+
+        The timer lives in this API process: if it stops first, the job is not
+        terminated, though it still stops at its next progress report, and a worker
+        that gets it again after a crash does not run it (the flag).
+        """
+
+        async def terminate() -> None:
+            await asyncio.sleep(self.cancel_grace_seconds)
+            try:
+                await self._in_thread(partial(self._terminate_if_running, job_id))
+            except AFTER_RESPONSE_ERRORS as exc:
+                logger.warning("job %s not terminated: %s", job_id, exc)
+
+        # The request's context: its id on the log lines.
+        task = asyncio.get_running_loop().create_task(terminate())
+        self._terminations.add(task)
+        task.add_done_callback(self._terminations.discard)
+
+    def _terminate_if_running(self, job_id: str, deadline: float) -> None:
+        if self.app.backend.get_task_meta(job_id)["status"] not in RUNNING_STATES:
+            return
+        logger.warning(
+            "job %s still running %gs after its cancel: terminating it",
+            job_id,
+            self.cancel_grace_seconds,
+        )
+        # The worker running it kills the pool process and stores REVOKED; SIGKILL,
+        # which a job cannot catch or ignore. Every worker also keeps the id on its
+        # revoke list (in memory), and the flag keeps it from running anywhere again.
+        self.app.control.revoke(job_id, terminate=True, signal="SIGKILL")
+
+    async def retry(
+        self, job_id: str, new_job: JobRequest, run_after_response: RunAfterResponse
+    ) -> JobRequest | None:
+        claimed = await self._in_thread(partial(self._claim_retry, job_id, new_job.id))
+        if claimed is None:
+            return None
+        name, params = claimed
+        job = replace(new_job, name=name, params=params)
+        try:
+            await self.submit(job, run_after_response)
+        except JobBackendUnavailableError:
+            # Best effort: with Redis away this fails too, and the old job names a
+            # retry that was never queued (its id answers 404) until it expires.
+            with contextlib.suppress(*AFTER_RESPONSE_ERRORS):
+                await self._in_thread(partial(self._release_retry, job_id, job.id))
+            raise
+        logger.info("job %s retried as %s", job_id, job.id)
+        return job
+
+    def _claim_retry(
+        self, job_id: str, new_id: str, deadline: float
+    ) -> tuple[str, dict[str, Any]] | None:
+        state, meta = self._read(job_id)
+        if state is None:
+            return None
+        if (conflict := retry_conflict(state)) is not None:
+            raise conflict
+        # What it ran: Celery's extended result (`result_extended`) keeps the task's
+        # arguments in every state it stores, and the QUEUED record has them too.
+        match meta.get("args"):
+            case [str() as name, dict() as params]:
+                pass
+            case _:
+                raise JobConflictError(NO_REQUEST, state)
+        try:
+            # NX: of two retries at once, one claims the job; the other gets 409.
+            claimed = self.redis.set(
+                retried_key(job_id), new_id, ex=self.retention_seconds, nx=True
+            )
+        except UNAVAILABLE_ERRORS as exc:
+            raise JobBackendUnavailableError(describe_error(exc, ())) from exc
+        if not claimed:
+            now = self._read_state(job_id, deadline)
+            raise retry_conflict(now or state) or JobConflictError("retried already", state)
+        return name, params
+
+    def _release_retry(self, job_id: str, new_id: str, deadline: float) -> None:
+        self.redis.eval(RELEASE_CLAIM, 1, retried_key(job_id), new_id)
 
     @staticmethod
     def _public_error(info: object) -> str:
@@ -354,6 +511,10 @@ class CeleryBackend:
         return None  # the jobs wait in Redis for the workers, whatever this process does
 
     async def aclose(self) -> None:
+        # Pending terminations end with this process (see `_terminate_later`).
+        for termination in self._terminations:
+            termination.cancel()
+        await asyncio.gather(*self._terminations, return_exceptions=True)
         await self._publisher.aclose()
         await asyncio.get_running_loop().run_in_executor(self._threads, self.app.close)
         self._threads.shutdown()

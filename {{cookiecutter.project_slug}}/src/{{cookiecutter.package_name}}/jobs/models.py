@@ -22,6 +22,8 @@ class JobStatus(StrEnum):
 
 # A job in one of these never changes again (a retry is a new job).
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+# Only these can be retried: a succeeded job has its result, and a live one is not over.
+RETRYABLE_STATUSES = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 class JobState(BaseModel):
@@ -78,6 +80,40 @@ class JobFailedError(Exception):
     A backend that stores errors elsewhere keeps this one: any exception type can be
     rebuilt from its message, where a library's own exception often cannot.
     """
+
+
+class JobCancelledError(Exception):
+    """Raised by `report_progress` once the job was cancelled (`DELETE /jobs/{id}`).
+
+    Cancellation is cooperative: a job stops at its next progress report. A job may
+    catch this to clean up (close files, roll back), and must then re-raise it; the
+    job ends `cancelled`. On Celery, a job that reports no progress for longer than
+    `JOB_CANCEL_GRACE_SECONDS` after the cancel is terminated.
+    """
+
+
+class JobConflictError(Exception):
+    """The job's state forbids the request (cancel a finished job, retry a running
+    one): the API answers 409 with `detail` and the job's `state`."""
+
+    def __init__(self, detail: str, state: JobState) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.state = state
+
+
+def cancel_conflict(state: JobState) -> JobConflictError:
+    return JobConflictError(f"the job has ended ({state.status}): nothing to cancel", state)
+
+
+def retry_conflict(state: JobState) -> JobConflictError | None:
+    """Why `state` cannot be retried, or None when it can."""
+    if state.status not in RETRYABLE_STATUSES:
+        detail = f"only a failed or cancelled job can be retried; this one is {state.status}"
+        return JobConflictError(detail, state)
+    if state.retried_as is not None:
+        return JobConflictError(f"the job was retried already, as {state.retried_as}", state)
+    return None
 
 
 class JobBackendUnavailableError(Exception):

@@ -30,7 +30,7 @@ class JobEvents(Protocol):
     def started(self, name: str) -> None: ...
 
     def ended(self, name: str, outcome: str, seconds: float) -> None:
-        """`outcome` is "succeeded", "failed" or "retried"."""
+        """`outcome` is "succeeded", "failed", "retried" or "cancelled"."""
 
 
 class NoJobEvents:
@@ -78,6 +78,21 @@ class JobBackend(Protocol):
         """Jobs submitted and not started yet, or None when that cannot be known now
         (its store is down): read for the queue-depth gauge at each scrape."""
 
+    async def cancel(self, job_id: str) -> JobState | None:
+        """Cancel the job: a queued one never starts (its state says `cancelled` at
+        once), a running one is asked to stop (`JobCancelledError` at its next progress
+        report). The state after, or None for an id never issued; raise
+        JobConflictError for a job that has ended."""
+
+    async def retry(
+        self, job_id: str, new_job: JobRequest, run_after_response: RunAfterResponse
+    ) -> JobRequest | None:
+        """Submit the failed or cancelled `job_id` again as `new_job` (its id, request
+        id and subject; the name and params are the old job's), record it as the old
+        job's `retried_as`, once (of two retries at once, one gets JobConflictError),
+        and return what was submitted. None for an id never issued; raise
+        JobConflictError for a job in any other state."""
+
 
 class JobQueue:
     """A backend bound to one request's after-response hook."""
@@ -98,6 +113,24 @@ class JobQueue:
         await self._backend.submit(job, self._run_after_response)
         self._backend.events.submitted(name)
         return job.id
+
+    async def cancel(self, job_id: str) -> JobState | None:
+        return await self._backend.cancel(job_id)
+
+    async def retry(self, job_id: str) -> JobRequest | None:
+        """A new job with the old one's name and params, submitted by this request;
+        None for an unknown id."""
+        # The backend fills in the old job's name and params.
+        new_job = JobRequest(
+            id=uuid.uuid4().hex,
+            name="",
+            request_id=request_id_var.get(),
+            subject=subject_var.get(),
+        )
+        job = await self._backend.retry(job_id, new_job, self._run_after_response)
+        if job is not None:
+            self._backend.events.submitted(job.name)
+        return job
 
     async def get(self, job_id: str) -> JobState | None:
         return await self._backend.get(job_id)

@@ -111,6 +111,7 @@ class JobMetrics:
             "succeeded": counter("jobs_succeeded", "Job runs that succeeded."),
             "failed": counter("jobs_failed", "Job runs that failed for good."),
             "retried": counter("jobs_retried", "Job runs that failed and will run again."),
+            "cancelled": counter("jobs_cancelled", "Job runs stopped by a cancel."),
         }
         self.duration = Histogram(
             "job_duration_seconds",
