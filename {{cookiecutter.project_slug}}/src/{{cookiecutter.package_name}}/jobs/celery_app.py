@@ -199,9 +199,17 @@ def write_state(store: RedisBackend, job_id: str, state: str, progress: int, exp
     """Store a job's PROGRESS state with one SET, and no retry: the caller decides what
     a failure means. Celery's `store_result` reads the key first (to never overwrite a
     finished task) and retries; neither helps a state that the next update replaces.
-    (The API writes QUEUED with the task message, see `celery_backend.QueuePublisher`.)"""
+    (The API writes QUEUED with the task message, see `celery_backend.QueuePublisher`.)
+
+    The SET and a PUBLISH of the same bytes on the key's channel, as Celery's own
+    `RedisBackend.set` does, go in one pipeline: one round trip, as before, for the
+    followers of `GET /jobs/{id}/events` (redis_watch.py)."""
     state_bytes = encode_state(store, job_id, state, progress)
-    store.client.set(store.get_key_for_task(job_id), state_bytes, ex=expires)
+    key = store.get_key_for_task(job_id)
+    with store.client.pipeline(transaction=False) as pipe:
+        pipe.set(key, state_bytes, ex=expires)
+        pipe.publish(key, state_bytes)
+        pipe.execute()
 
 
 class ProgressReporter:

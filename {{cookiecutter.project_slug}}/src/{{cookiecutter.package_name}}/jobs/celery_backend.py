@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
 from celery.backends.redis import RedisBackend
+from kombu.utils.encoding import bytes_to_str
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -45,6 +46,8 @@ from .models import (
     describe_error,
 )
 from .queue import NO_JOB_EVENTS, JobEvents, RunAfterResponse
+from .redis_watch import JobStateSubscriber
+from .watch import ChangeSlot, JobWatch
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +221,10 @@ class CeleryBackend:
             state_expires=self.retention_seconds,
             deadline_seconds=self.deadline_seconds,
         )
+        # GET /jobs/{id}/events: one pub/sub connection for all followers (redis_watch.py).
+        self._subscriber = JobStateSubscriber(
+            settings.redis_url, bytes_to_str(result_store.task_keyprefix), self._decode_published
+        )
 
     async def _in_thread(self, call: Callable[[float], T]) -> T:
         """`call(deadline)` in a client thread, bounded by this request's deadline.
@@ -265,6 +272,13 @@ class CeleryBackend:
             meta = self.app.backend.get_task_meta(job_id)
         except UNAVAILABLE_ERRORS as exc:
             raise JobBackendUnavailableError(describe_error(exc, ())) from exc
+        return self._state_from_meta(job_id, meta)
+
+    def _decode_published(self, job_id: str, published: bytes) -> JobState | None:
+        """A state the result store published (the same bytes it stored)."""
+        return self._state_from_meta(job_id, self._result_store.decode_result(published))
+
+    def _state_from_meta(self, job_id: str, meta: dict[str, Any]) -> JobState | None:
         state, info = meta["status"], meta["result"]
         status = CELERY_STATE_TO_STATUS.get(state)
         if status is None:  # PENDING: never issued here, or expired
@@ -288,6 +302,22 @@ class CeleryBackend:
         if name in CELERY_FAILURES:
             return f"{name}: {CELERY_FAILURES[name]}"
         return describe_error(info, CONNECTION_ERRORS)
+
+    async def follow(self, job_id: str) -> JobWatch | None:
+        slot = ChangeSlot()
+        # Subscribed (Redis confirmed it) before the state is read: nothing stored
+        # between the two is missed.
+        await self._subscriber.subscribe(job_id, slot, self.deadline_seconds)
+        close = partial(self._subscriber.unsubscribe, job_id, slot)
+        try:
+            state = await self.get(job_id)
+        except BaseException:
+            close()
+            raise
+        if state is None:
+            close()
+            return None
+        return JobWatch(state, slot, partial(self.get, job_id), close)
 
     async def check_dependencies(self) -> dict[str, str]:
         try:
@@ -354,6 +384,7 @@ class CeleryBackend:
         return None  # the jobs wait in Redis for the workers, whatever this process does
 
     async def aclose(self) -> None:
+        await self._subscriber.aclose()
         await self._publisher.aclose()
         await asyncio.get_running_loop().run_in_executor(self._threads, self.app.close)
         self._threads.shutdown()
