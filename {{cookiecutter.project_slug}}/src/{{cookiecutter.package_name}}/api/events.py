@@ -4,8 +4,10 @@ sse-starlette writes the stream (framing, the heartbeat comments, the client lea
 rather than framing of our own. The stream goes through the pure-ASGI stack untouched:
 each event is sent as it happens, the access line is written when the stream ends (with
 its true duration), and a client that leaves cancels the stream at once, which stops
-following the job. A `BaseHTTPMiddleware` anywhere in the stack would break the last
-two: it runs the app in a task of its own and never sees the client leave.
+following the job (tests/test_job_events.py checks each). An access line written after
+a `BaseHTTPMiddleware`'s `call_next` would come when the stream starts, not when it ends.
+
+A browser's `EventSource` reconnects whenever a stream ends: close it on a final status.
 """
 
 import logging

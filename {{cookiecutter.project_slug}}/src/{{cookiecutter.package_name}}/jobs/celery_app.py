@@ -203,7 +203,9 @@ def write_state(store: RedisBackend, job_id: str, state: str, progress: int, exp
 
     The SET and a PUBLISH of the same bytes on the key's channel, as Celery's own
     `RedisBackend.set` does, go in one pipeline: one round trip, as before, for the
-    followers of `GET /jobs/{id}/events` (redis_watch.py)."""
+    followers of `GET /jobs/{id}/events` (redis_watch.py). It costs the worker 50 us of
+    CPU a report against 28 us for the SET alone (bench/state_publish_cost.py): at most
+    2 ms for a job reporting every percent."""
     state_bytes = encode_state(store, job_id, state, progress)
     key = store.get_key_for_task(job_id)
     with store.client.pipeline(transaction=False) as pipe:

@@ -174,6 +174,9 @@ class QueuePublisher:
             async with asyncio.timeout(self.deadline_seconds):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for submission in batch:
+                        # No PUBLISH of QUEUED, unlike every later state: no one can follow
+                        # a job before its id is returned, after this write. It would cost
+                        # 9 us of CPU a job (bench/state_publish_cost.py), for no reader.
                         pipe.set(submission.state_key, submission.state, ex=self.state_expires)
                         pipe.lpush(self.queue, submission.message)
                     await pipe.execute()
