@@ -17,6 +17,9 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+{%- if cookiecutter.job_backend == "celery" %}
+from pathlib import Path
+{%- endif %}
 from typing import Any
 
 import httpx2 as httpx
@@ -28,6 +31,9 @@ from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.api import events
 from {{ cookiecutter.package_name }}.factory import create_app
+{%- if cookiecutter.job_backend == "celery" %}
+from tests.celery_processes import redis_server, running_worker
+{%- endif %}
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, wait_until
 
 JOB_BACKENDS = ["inprocess"{% if cookiecutter.job_backend == "celery" %}, "celery"{% endif %}]
@@ -267,3 +273,42 @@ def test_a_finished_job_streams_its_final_state_and_ends(events_api: EventsApi) 
         stream = Stream(response)
         stream.read()
     assert stream.states == [final]
+{%- if cookiecutter.job_backend == "celery" %}
+
+
+def test_a_stream_outlives_a_redis_restart(tmp_path: Path, logs: LogCapture) -> None:
+    """Redis restarted (on its data) mid-stream: while it is down a new stream is a 503
+    at once; the open one waits, connects again when Redis is back, reads the state again
+    (pub/sub kept nothing meanwhile) and ends with the final state."""
+    (tmp_path / "worker").mkdir()
+    with (
+        redis_server(tmp_path / "redis", persistent=True) as server,
+        running_worker(server.url, "events-restart", tmp_path / "worker"),
+    ):
+        app = create_app(make_settings(jobs_backend="celery", redis_url=server.url))
+        logs.install()
+        with (
+            live_server(app) as url,
+            httpx.Client(base_url=url, headers=AUTH_HEADERS, timeout=30) as http,
+        ):
+            response = http.post("/reports", json={"rows": 4, "simulate_seconds": 6})
+            job_id = response.json()["id"]
+            with http.stream("GET", f"/jobs/{job_id}/events") as events_response:
+                stream = Stream(events_response)
+                wait_until(
+                    lambda: http.get(f"/jobs/{job_id}").json()["progress"] > 0, 10, "progress"
+                )
+                server.stop()
+                asked = time.monotonic()
+                refused = http.get(f"/jobs/{job_id}/events")
+                refused_after = time.monotonic() - asked
+                server.start()
+                stream.read()
+    print(f"a new stream with Redis down: {refused.status_code} in {refused_after:.2f}s")
+    assert refused.status_code == 503
+    assert refused.json()["detail"]
+    assert refused_after < 2.5
+    assert stream.states[-1]["status"] == "succeeded"
+    assert stream.states[-1]["result"] is not None
+    assert any("pub/sub back" in m for m in logs.messages())
+{%- endif %}

@@ -87,15 +87,31 @@ class JobStateSubscriber:
                     if confirmed is None:
                         confirmed = asyncio.get_running_loop().create_future()
                         self._confirmed[channel] = confirmed
-                        await pubsub.subscribe(channel)
-                # Shielded: one follower giving up must not cancel it for the others.
-                await asyncio.shield(confirmed)
+                        try:
+                            await pubsub.subscribe(channel)
+                        except BaseException:
+                            del self._confirmed[channel]  # never sent: the next one tries
+                            raise
+                await self._confirmation(confirmed)
         except SUBSCRIBE_ERRORS as exc:
             self.unsubscribe(job_id, slot)
             reason = "no answer" if isinstance(exc, TimeoutError) else type(exc).__name__
             raise JobBackendUnavailableError(f"Redis pub/sub: {reason}") from None
         except BaseException:
             self.unsubscribe(job_id, slot)
+            raise
+
+    @staticmethod
+    async def _confirmation(confirmed: "asyncio.Future[None]") -> None:
+        try:
+            # Shielded: one follower giving up must not cancel it for the others.
+            await asyncio.shield(confirmed)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if confirmed.cancelled() and task is not None and not task.cancelling():
+                # Not this request cancelled: the connection was lost before Redis
+                # confirmed (see `_reset`).
+                raise ConnectionError("lost before the subscription was confirmed") from None
             raise
 
     def unsubscribe(self, job_id: str, slot: ChangeSlot) -> None:
