@@ -3,8 +3,10 @@
 A backend's `follow(job_id)` subscribes to the job's changes first and reads its state
 after, so no change between the two is lost, and hands back a `JobWatch`. The backend
 wakes the watch through its `ChangeSlot`: in-process, the store does when a job thread
-updates it; with Celery, the process's one Redis subscriber does for each state the
-result store publishes (`redis_watch.py`).
+updates it
+{%- if cookiecutter.job_backend == "celery" %}; with Celery, the process's one Redis subscriber does for each state the
+result store publishes (`redis_watch.py`)
+{%- endif %}.
 
 A slot holds the newest change only: a client slower than its job sees the latest
 state, never a backlog that grows with the job's progress reports.
@@ -15,9 +17,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .models import FINAL_STATUSES, JobState
 
-# What a slot holds: a new state, or RESYNC: "something changed, read it again" (the
-# in-process store, and the Celery subscriber after it reconnected and may have missed
-# messages).
+# What a slot holds: a new state, or RESYNC: "something changed, read it again" (what
+# the in-process store says{% if cookiecutter.job_backend == "celery" %}, and the Celery subscriber after it reconnected and may
+# have missed messages{% endif %}).
 RESYNC = None
 Change = JobState | None
 
@@ -45,11 +47,13 @@ class ChangeSlot:
 
 def is_behind(state: JobState, shown: JobState) -> bool:
     """Whether `state` is older than the one already shown: the same status with less
-    progress. A Celery subscriber can receive, just after it read the current state,
-    a message published before that read (pub/sub and the read are two connections).
-    A job that really starts again (retried) goes through `queued` first, so it is
-    shown; one redelivered after its worker died shows its old progress until it
-    passes it."""
+    progress. Not shown: a follower never sees progress go back within one status.
+    {%- if cookiecutter.job_backend == "celery" %} A Celery subscriber can receive, just after it read the
+    current state, a message published before that read (pub/sub and the read are two
+    connections): it is not shown. A job that really starts again (retried) goes
+    through `queued` first, so it is shown; one redelivered after its worker died shows
+    its old progress until it passes it.
+    {%- endif %}"""
     return state.status is shown.status and state.progress < shown.progress
 
 
