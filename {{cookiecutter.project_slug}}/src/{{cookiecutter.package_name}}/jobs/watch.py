@@ -48,11 +48,13 @@ class ChangeSlot:
 def is_behind(state: JobState, shown: JobState) -> bool:
     """Whether `state` is older than the one already shown: the same status with less
     progress. Not shown: a follower never sees progress go back within one status.
-    {%- if cookiecutter.job_backend == "celery" %} A Celery subscriber can receive, just after it read the
-    current state, a message published before that read (pub/sub and the read are two
-    connections): it is not shown. A job that really starts again (retried) goes
-    through `queued` first, so it is shown; one redelivered after its worker died shows
-    its old progress until it passes it.
+    {%- if cookiecutter.job_backend == "celery" %}
+
+    A Celery subscriber can receive, just after it read the current state, a message
+    published before that read (pub/sub and the read are two connections): it is not
+    shown. A job that really starts again (retried) goes through `queued` first, so it
+    is shown; one redelivered after its worker died shows its old progress until it
+    passes it.
     {%- endif %}"""
     return state.status is shown.status and state.progress < shown.progress
 
