@@ -181,7 +181,7 @@ class JobStateSubscriber:
                     )
                 message = await pubsub.get_message(timeout=HEALTH_CHECK_SECONDS)
                 failures = 0
-            except ERRORS as exc:
+            except Exception as exc:  # a lost connection, or a bug: this task must go on
                 if self._closing:
                     return
                 wait = RECONNECT_WAIT_SECONDS[min(failures, len(RECONNECT_WAIT_SECONDS) - 1)]
@@ -191,6 +191,7 @@ class JobStateSubscriber:
                     type(exc).__name__,
                     len(self._followers),
                     wait,
+                    exc_info=not isinstance(exc, ERRORS),
                 )
                 await self._reset()
                 await asyncio.sleep(wait)
@@ -214,7 +215,9 @@ class JobStateSubscriber:
             if isinstance(data, bytes):
                 try:
                     change = self._decode(channel.removeprefix(self._prefix), data)
-                except (ValueError, TypeError, KeyError) as exc:  # not ours: read it instead
+                # Whatever the bytes make Celery's decoder raise, this one reader task
+                # must live on: the followers read the stored state instead.
+                except Exception as exc:
                     logger.warning("job events: unreadable state on %s: %s", channel, exc)
             for slot in followers:
                 slot.put(change)
