@@ -52,6 +52,7 @@ FEATURES: tuple[Feature, ...] = (
             "src/{package_name}/jobs/broker.py",
             "src/{package_name}/jobs/celery_app.py",
             "src/{package_name}/jobs/celery_backend.py",
+            "src/{package_name}/jobs/redis_watch.py",
             "tests/celery_processes.py",
             "tests/test_broker_messages.py",
             "tests/test_celery_worker.py",

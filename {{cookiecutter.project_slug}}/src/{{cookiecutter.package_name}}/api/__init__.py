@@ -3,7 +3,7 @@
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 
-from . import health, jobs, metrics, notifications
+from . import events, health, jobs, metrics, notifications
 from .responses import {% if cookiecutter.auth == "jwt" %}FORBIDDEN, {% endif %}INTERNAL{% if cookiecutter.auth != "none" %}, UNAUTHORIZED{% endif %}, Responses
 {%- if cookiecutter.auth != "none" %}
 from .security import document_security_scheme, security_requirement
@@ -24,10 +24,12 @@ ROUTERS: tuple[tuple[APIRouter, Responses], ...] = (
     {%- if cookiecutter.auth != "none" %}
     (notifications.router, PROTECTED),
     (jobs.router, PROTECTED),
+    (events.router, PROTECTED),
     (metrics.router, PROTECTED),
     {%- else %}
     (notifications.router, INTERNAL),
     (jobs.router, INTERNAL),
+    (events.router, INTERNAL),
     (metrics.router, INTERNAL),
     {%- endif %}
 )

@@ -21,7 +21,10 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
+from celery import states as celery_states
 from celery.backends.redis import RedisBackend
+from celery.exceptions import TaskRevokedError
+from kombu.utils.encoding import bytes_to_str
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -56,6 +59,8 @@ from .models import (
     retry_conflict,
 )
 from .queue import NO_JOB_EVENTS, JobEvents, RunAfterResponse
+from .redis_watch import JobStateSubscriber
+from .watch import ChangeSlot, JobWatch
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +201,9 @@ class QueuePublisher:
             async with asyncio.timeout(self.deadline_seconds):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for submission in batch:
+                        # No PUBLISH of QUEUED, unlike every later state: no one can follow
+                        # a job before its id is returned, after this write. It would cost
+                        # 9 us of CPU a job (bench/state_publish_cost.py), for no reader.
                         pipe.set(submission.state_key, submission.state, ex=self.state_expires)
                         pipe.lpush(self.queue, submission.message)
                     await pipe.execute()
@@ -245,6 +253,10 @@ class CeleryBackend:
             queue=self.app.conf.task_default_queue,
             state_expires=self.retention_seconds,
             deadline_seconds=self.deadline_seconds,
+        )
+        # GET /jobs/{id}/events: one pub/sub connection for all followers (redis_watch.py).
+        self._subscriber = JobStateSubscriber(
+            settings.redis_url, bytes_to_str(result_store.task_keyprefix), self._decode_published
         )
 
     async def _in_thread(self, call: Callable[[float], T]) -> T:
@@ -304,26 +316,42 @@ class CeleryBackend:
         if raw_meta is None:  # never issued here, or expired
             return None, {}
         meta: dict[str, Any] = store.decode_result(raw_meta)
+        return self._state_from_meta(job_id, meta, cancelled, retried_as), meta
+
+    def _decode_published(self, job_id: str, published: bytes) -> JobState | None:
+        """A state the result store published (the same bytes it stored)."""
+        return self._state_from_meta(job_id, self._result_store.decode_result(published))
+
+    def _state_from_meta(
+        self,
+        job_id: str,
+        meta: dict[str, Any],
+        cancelled: bytes | None = None,
+        retried_as: bytes | None = None,
+    ) -> JobState | None:
+        """The job's state from Celery's meta and, where read with it, the cancel flag
+        and `retried_as` (a published state comes without them: a cancel while queued
+        publishes a REVOKED meta of its own, see `_cancel`)."""
         state, info = meta["status"], meta["result"]
         status = CELERY_STATE_TO_STATUS.get(state)
         if status is None:
-            return None, meta
+            return None
         common: dict[str, Any] = {"id": job_id, "status": status}
         if retried_as is not None:
             common["retried_as"] = retried_as.decode()
         if status is JobStatus.SUCCEEDED:
-            return JobState(progress=100, result=info, **common), meta
+            return JobState(progress=100, result=info, **common)
         if status is JobStatus.FAILED:
-            return JobState(error=self._public_error(info), **common), meta
+            return JobState(error=self._public_error(info), **common)
         if status is JobStatus.CANCELLED:
             terminated = str(info) != CANCELLED_REASON and isinstance(info, BaseException)
-            return JobState(error=TERMINATED if terminated else None, **common), meta
+            return JobState(error=TERMINATED if terminated else None, **common)
         progress = info.get("progress", 0) if isinstance(info, dict) else 0
         if cancelled == CANCELLED_WHILE_QUEUED:
             # It never starts: a worker that takes it reads the flag and stores REVOKED
             # (one taking it as the flag was set stops at its first progress report).
             common["status"] = JobStatus.CANCELLED
-        return JobState(progress=progress, **common), meta
+        return JobState(progress=progress, **common)
 
     async def cancel(self, job_id: str) -> JobState | None:
         state = await self._in_thread(partial(self._cancel, job_id))
@@ -341,8 +369,14 @@ class CeleryBackend:
         queued = state.status is JobStatus.QUEUED
         flag = CANCELLED_WHILE_QUEUED if queued else CANCELLED_WHILE_RUNNING
         try:
-            # NX: a second cancel of a running job keeps the first one's flag.
-            self.redis.set(cancel_key(job_id), flag, ex=self.retention_seconds, nx=True)
+            with self.redis.pipeline(transaction=False) as pipe:
+                # NX: a second cancel of a running job keeps the first one's flag.
+                pipe.set(cancel_key(job_id), flag, ex=self.retention_seconds, nx=True)
+                if queued:
+                    # Its followers (GET /jobs/{id}/events) learn it now, not when a
+                    # worker takes it: what every read says from now on, published.
+                    pipe.publish(self._result_store.get_key_for_task(job_id), self._revoked(job_id))
+                pipe.execute()
         except UNAVAILABLE_ERRORS as exc:
             raise JobBackendUnavailableError(describe_error(exc, ())) from exc
         if queued:
@@ -350,6 +384,15 @@ class CeleryBackend:
             return state.model_copy(update={"status": JobStatus.CANCELLED})
         logger.info("job %s asked to stop", job_id)
         return state
+
+    def _revoked(self, job_id: str) -> bytes:
+        """A REVOKED meta as Celery's `mark_as_revoked` stores it for a cancelled job."""
+        store = self._result_store
+        reason = store.prepare_exception(TaskRevokedError(CANCELLED_REASON))
+        encoded: bytes = store.encode(
+            {"status": celery_states.REVOKED, "result": reason, "task_id": job_id}
+        )
+        return encoded
 
     def _terminate_later(self, job_id: str) -> None:
         """Terminate the job if it still runs at the end of its grace time.
@@ -446,6 +489,22 @@ class CeleryBackend:
             return f"{name}: {CELERY_FAILURES[name]}"
         return describe_error(info, CONNECTION_ERRORS)
 
+    async def follow(self, job_id: str) -> JobWatch | None:
+        slot = ChangeSlot()
+        # Subscribed (Redis confirmed it) before the state is read: nothing stored
+        # between the two is missed.
+        await self._subscriber.subscribe(job_id, slot, self.deadline_seconds)
+        close = partial(self._subscriber.unsubscribe, job_id, slot)
+        try:
+            state = await self.get(job_id)
+        except BaseException:
+            close()
+            raise
+        if state is None:
+            close()
+            return None
+        return JobWatch(state, slot, partial(self.get, job_id), close)
+
     async def check_dependencies(self) -> dict[str, str]:
         try:
             return await self._in_thread(self._check_dependencies)
@@ -515,6 +574,7 @@ class CeleryBackend:
         for termination in self._terminations:
             termination.cancel()
         await asyncio.gather(*self._terminations, return_exceptions=True)
+        await self._subscriber.aclose()
         await self._publisher.aclose()
         await asyncio.get_running_loop().run_in_executor(self._threads, self.app.close)
         self._threads.shutdown()

@@ -23,6 +23,8 @@ Choose the Celery backend when jobs must survive those.
 {%- endif %}
 """
 
+import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -51,6 +53,7 @@ from .models import (
 )
 from .queue import NO_JOB_EVENTS, JobEvents, RunAfterResponse
 from .registry import find_job
+from .watch import RESYNC, ChangeSlot, JobWatch
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,9 @@ class InMemoryJobStore:
         # Running jobs asked to stop: their progress reporter raises JobCancelledError.
         self._cancelling: set[str] = set()
         self._lock = threading.Lock()
+        # Who follows which job (GET /jobs/{id}/events): called on each change, under
+        # the lock, from whichever thread made it. No polling: a change wakes them.
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
         self.max_finished = max_finished
         self.retention_seconds = retention_seconds
         self._clock = clock
@@ -120,6 +126,7 @@ class InMemoryJobStore:
                 self._forget_expired()
             else:
                 self._active[job_id] = state
+            self._notify(job_id)
 
     def start_if_queued(self, job_id: str) -> bool:
         """Mark the job running, unless it is no longer queued (failed at shutdown)."""
@@ -128,6 +135,7 @@ class InMemoryJobStore:
             if state is None or state.status is not JobStatus.QUEUED:
                 return False
             self._active[job_id] = state.model_copy(update={"status": JobStatus.RUNNING})
+            self._notify(job_id)
             return True
 
     def cancel(self, job_id: str) -> JobState | None:
@@ -144,6 +152,7 @@ class InMemoryJobStore:
             if state.status is JobStatus.QUEUED:
                 state = state.model_copy(update={"status": JobStatus.CANCELLED})
                 self._finish(state)
+                self._notify(job_id)
             else:
                 self._cancelling.add(job_id)
             return state
@@ -184,6 +193,7 @@ class InMemoryJobStore:
                         update={"status": JobStatus.FAILED, "error": error}
                     )
                 )
+                self._notify(job_id)
             return failed
 
     def get(self, job_id: str) -> JobState | None:
@@ -194,6 +204,29 @@ class InMemoryJobStore:
         if finished is not None:
             return JOB_STATE.validate_json(finished[1])
         return state
+
+    def watch(self, job_id: str, wake: Callable[[], None]) -> None:
+        """Call `wake()` after each change of the job, until `unwatch`."""
+        with self._lock:
+            self._watchers.setdefault(job_id, []).append(wake)
+
+    def unwatch(self, job_id: str, wake: Callable[[], None]) -> None:
+        with self._lock:
+            watchers = self._watchers.get(job_id, [])
+            if wake in watchers:
+                watchers.remove(wake)
+            if not watchers:
+                self._watchers.pop(job_id, None)
+
+    def watcher_count(self) -> int:
+        """Followers of any job: what a disconnected client must leave behind (none)."""
+        with self._lock:
+            return sum(len(w) for w in self._watchers.values())
+
+    def _notify(self, job_id: str) -> None:
+        # One dict lookup per update while no one follows the job.
+        for wake in self._watchers.get(job_id, ()):
+            wake()
 
     def queued_count(self) -> int:
         with self._lock:
@@ -335,6 +368,26 @@ class InProcessBackend:
 
     async def get(self, job_id: str) -> JobState | None:
         return self.store.get(job_id)
+
+    async def follow(self, job_id: str) -> JobWatch | None:
+        slot = ChangeSlot()
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:  # in a job thread, or on the loop (shutdown)
+            with contextlib.suppress(RuntimeError):  # the loop closed: no one to tell
+                loop.call_soon_threadsafe(slot.put, RESYNC)
+
+        # Watch first, then read: a change between the two still wakes the slot.
+        self.store.watch(job_id, wake)
+        state = self.store.get(job_id)
+        if state is None:
+            self.store.unwatch(job_id, wake)
+            return None
+
+        async def read() -> JobState | None:
+            return self.store.get(job_id)
+
+        return JobWatch(state, slot, read, partial(self.store.unwatch, job_id, wake))
 
     async def check_dependencies(self) -> dict[str, str]:
         return {}

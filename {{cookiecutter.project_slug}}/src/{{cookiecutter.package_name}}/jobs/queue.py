@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from ..context import request_id_var, subject_var
 from .models import JobRequest, JobState
 from .registry import find_job
+from .watch import JobWatch
 
 # Schedules a callable to run once the response has been sent (BackgroundTasks in
 # the API). The in-process backend runs jobs through it; a backend that runs jobs
@@ -93,6 +94,12 @@ class JobBackend(Protocol):
         and return what was submitted. None for an id never issued; raise
         JobConflictError for a job in any other state."""
 
+    # Live progress (GET /jobs/{id}/events)
+    async def follow(self, job_id: str) -> JobWatch | None:
+        """Subscribe to the job's changes, then read its state: a watch that yields
+        it and each change after, or None (nothing left subscribed) for an id never
+        issued. Raise JobBackendUnavailableError when the store cannot be reached."""
+
 
 class JobQueue:
     """A backend bound to one request's after-response hook."""
@@ -134,3 +141,6 @@ class JobQueue:
 
     async def get(self, job_id: str) -> JobState | None:
         return await self._backend.get(job_id)
+
+    async def follow(self, job_id: str) -> JobWatch | None:
+        return await self._backend.follow(job_id)
