@@ -7,7 +7,7 @@ replica, a deploy that overlaps the old one) sends every run twice; django-celer
 needs Django and an SQL database. RedBeat is maintained (2.4.2, July 2026; Celery 5 and
 redis-py 8 supported) and is the Redis scheduler Celery's own documentation points to.
 
-How the lock plays out: the beat that takes it (`<package>:beat:lock`) runs the ticks and
+How the lock plays out: the beat that takes it (`<package>:beat::lock`) runs the ticks and
 renews it every tick; another beat waits for it, trying every `BEAT_MAX_LOOP_SECONDS`.
 A beat stopped with SIGTERM releases it at once; a beat killed outright holds it until
 it expires, `BEAT_LOCK_SECONDS` at most, then a waiting beat takes over.
@@ -39,7 +39,10 @@ logger = logging.getLogger(__name__)
 BEAT_MAX_LOOP_SECONDS = 5
 # The running beat renews its lock at each tick; killed, it holds it this long at most.
 BEAT_LOCK_SECONDS = 5 * BEAT_MAX_LOOP_SECONDS
-BEAT_KEY_PREFIX = f"{APP_NAME}:beat"
+# RedBeat's keys: `<prefix>:lock`, `<prefix>:schedule`, and one per entry, `<prefix><name>`
+# (hence the trailing colon, as in RedBeat's own default, `redbeat:`).
+BEAT_KEY_PREFIX = f"{APP_NAME}:beat:"
+BEAT_LOCK_KEY = f"{BEAT_KEY_PREFIX}:lock"
 
 
 def celery_schedule(entry: ScheduledJob) -> schedule | crontab:
@@ -92,7 +95,7 @@ def beat_lock_held(redis_url: str) -> bool:
         socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
     )
     try:
-        return bool(client.exists(f"{BEAT_KEY_PREFIX}:lock"))
+        return bool(client.exists(BEAT_LOCK_KEY))
     finally:
         client.close()
 
