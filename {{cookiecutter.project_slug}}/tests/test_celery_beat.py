@@ -110,6 +110,8 @@ def test_a_one_second_schedule_runs_its_job_repeatedly_on_a_worker(
         TestClient(app, headers=AUTH_HEADERS) as client,
     ):
         runs = wait_until(at_least(4, beat.records), 30, "four scheduled runs")
+        # What the image's HEALTHCHECK asks of a beat container.
+        assert celery_beat.beat_lock_held(private_redis.url)
         for run in runs:
 
             def finished(job_id: str = run["job_id"]) -> dict[str, Any] | None:
@@ -121,6 +123,8 @@ def test_a_one_second_schedule_runs_its_job_repeatedly_on_a_worker(
             state = wait_until(finished, 15, "the scheduled job to succeed on the worker")
             assert state["result"]["rows"] == 10
         worker_records = worker.records()
+        beat.stop()
+        assert not celery_beat.beat_lock_held(private_redis.url)  # released at SIGTERM
     assert_one_run_per_tick(runs)
     assert_own_log_ids(runs)
     # The worker's lines of each run carry the run's log id, from the task's headers:
