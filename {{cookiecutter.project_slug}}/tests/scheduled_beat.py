@@ -2,7 +2,9 @@
 (`celery -A tests.scheduled_beat beat`): the service's beat, another schedule."""
 
 from {{ cookiecutter.package_name }}.beat import app
-from {{ cookiecutter.package_name }}.jobs.celery_beat import beat_schedule
+from {{ cookiecutter.package_name }}.jobs.celery_beat import (
+    beat_schedule,
+)
 from tests.scheduled_runs import EVERY_SECOND
 
 app.conf.beat_schedule = beat_schedule((EVERY_SECOND,))

@@ -7,7 +7,9 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
-from {{ cookiecutter.package_name }}.jobs.schedule import ScheduledJob
+from {{ cookiecutter.package_name }}.jobs.schedule import (
+    ScheduledJob,
+)
 
 EVERY_SECOND = ScheduledJob(
     "every-second", job="build_report", params={"rows": 10}, every_seconds=1

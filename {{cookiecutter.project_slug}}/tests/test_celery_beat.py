@@ -21,7 +21,9 @@ from starlette.testclient import TestClient
 from {{ cookiecutter.package_name }}.factory import create_app
 from {{ cookiecutter.package_name }}.jobs import celery_beat
 from {{ cookiecutter.package_name }}.jobs.periodic import next_run
-from {{ cookiecutter.package_name }}.jobs.schedule import ScheduledJob
+from {{ cookiecutter.package_name }}.jobs.schedule import (
+    ScheduledJob,
+)
 from tests.celery_processes import RedisServer, running_worker
 from tests.scheduled_runs import (
     EVERY_SECOND,
@@ -32,6 +34,7 @@ from tests.scheduled_runs import (
 )
 from tests.support import (
     AUTH_HEADERS,
+    PACKAGE,
     SOURCE_ROOT,
     LogCapture,
     make_settings,
@@ -184,13 +187,13 @@ def test_the_api_leaves_the_schedule_to_beat_on_the_celery_backend(
 def test_beat_refuses_to_start_for_in_process_jobs(tmp_path: Path) -> None:
     env = {**with_source_on_path(os.environ), "JOBS_BACKEND": "inprocess"}
     ran = subprocess.run(
-        [sys.executable, "-c", "import {{ cookiecutter.package_name }}.beat"],
+        [sys.executable, "-c", f"import {PACKAGE}.beat"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert ran.returncode == 1
     assert ran.stderr.strip().splitlines() == [
-        "{{ cookiecutter.package_name }}: JOBS_BACKEND is not celery: with in-process jobs the "
-        "API runs the schedule itself, and celery beat has nothing to do"
+        f"{PACKAGE}: JOBS_BACKEND is not celery: with in-process jobs the API runs the "
+        "schedule itself, and celery beat has nothing to do"
     ]
 
 

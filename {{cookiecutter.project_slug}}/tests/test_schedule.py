@@ -17,8 +17,14 @@ from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.factory import create_app
 from {{ cookiecutter.package_name }}.jobs import periodic
-from {{ cookiecutter.package_name }}.jobs.periodic import check_schedule, next_run
-from {{ cookiecutter.package_name }}.jobs.schedule import ScheduledJob, ScheduleError
+from {{ cookiecutter.package_name }}.jobs.periodic import (
+    check_schedule,
+    next_run,
+)
+from {{ cookiecutter.package_name }}.jobs.schedule import (
+    ScheduledJob,
+    ScheduleError,
+)
 from {{ cookiecutter.package_name }}.settings import SettingsError
 from tests.scheduled_runs import (
     EVERY_SECOND,

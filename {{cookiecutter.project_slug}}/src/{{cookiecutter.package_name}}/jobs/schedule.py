@@ -16,8 +16,8 @@ To add one, append an entry to `SCHEDULE`:
   are both, so the two backends would disagree.
 {%- if cookiecutter.job_backend == "celery" %}
 
-Who runs it: with `JOBS_BACKEND=celery`, `celery -A {{ cookiecutter.package_name }}.beat beat` (one process;
-a second waits for its lock); with `inprocess`, the API process itself, once per host.
+Who runs it: with `JOBS_BACKEND=celery`, `celery -A <package>.beat beat` (one process; a
+second waits for its lock); with `inprocess`, the API process itself, once per host.
 A run missed while nothing was running the schedule is not made up later.
 {%- else %}
 
