@@ -223,9 +223,9 @@ class InProcessSchedule:
             await asyncio.sleep(max(0.0, due[name] - self._clock()))
             entry = entries[name]
             await submit_scheduled(self.queue, name, entry.job, entry.params)
-            # From the time it was due, unless it ran late by more than its period:
-            # then from now, so a stalled loop does not fire a burst of runs.
-            due[name] = next_run(entry, max(due[name], self._clock() - 1.0))
+            # From when it ran, as Celery beat counts an interval: a run that came late
+            # is never followed by one sooner than its period (nor by a burst).
+            due[name] = next_run(entry, max(due[name], self._clock()))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
