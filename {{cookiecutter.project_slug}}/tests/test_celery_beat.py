@@ -24,7 +24,7 @@ from {{ cookiecutter.package_name }}.jobs.periodic import next_run
 from {{ cookiecutter.package_name }}.jobs.schedule import (
     ScheduledJob,
 )
-from tests.celery_processes import RedisServer, running_worker
+from tests.celery_processes import RedisServer, redis_server, running_worker
 from tests.scheduled_runs import (
     EVERY_SECOND,
     assert_one_run_per_tick,
@@ -170,6 +170,31 @@ def test_two_beats_at_once_run_each_tick_once_and_the_second_takes_over(
     assert len(runs) >= 8
     assert_one_run_per_tick(runs)
     assert_own_log_ids(runs)
+
+
+def test_beat_outlives_a_redis_restart(tmp_path: Path) -> None:
+    """Redis stopped for 3 s and restarted on its data (append-only file): beat logs
+    that it cannot reach Redis, keeps its lock, and runs each tick once again after."""
+    with (
+        redis_server(tmp_path / "redis", persistent=True) as server,
+        running_beat(server.url, "beat", tmp_path) as beat,
+    ):
+        wait_until(at_least(2, beat.records), 30, "two scheduled runs")
+        server.stop()
+        time.sleep(3)
+        server.start()
+        back_at = time.time()
+
+        def runs_since_redis_came_back() -> list[dict[str, Any]]:
+            return [run for run in queued_runs(beat.records()) if run["at"] > back_at]
+
+        wait_until(lambda: runs_since_redis_came_back()[2:], 20, "three runs after the restart")
+        assert beat.process.poll() is None, "beat exited"
+        assert any(m.startswith("beat: Redis unreachable") for m in beat.messages())
+        first_run = min(run["at"] for run in runs_since_redis_came_back())
+        print(f"beat's first run {first_run - back_at:.1f}s after Redis came back")
+        runs = queued_runs(beat.records())
+    assert_one_run_per_tick(runs)
 
 
 def test_the_api_leaves_the_schedule_to_beat_on_the_celery_backend(

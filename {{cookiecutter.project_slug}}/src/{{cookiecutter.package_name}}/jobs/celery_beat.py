@@ -25,6 +25,7 @@ from typing import Any
 import redis
 from celery.schedules import crontab, schedule
 from redbeat import RedBeatScheduler  # type: ignore[import-untyped]
+from redis.exceptions import LockNotOwnedError
 
 from ..settings import Settings, load_settings
 from .celery_app import APP_NAME, REDIS_TIMEOUT_SECONDS, RUN_JOB_TASK
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 BEAT_MAX_LOOP_SECONDS = 5
 # The running beat renews its lock at each tick; killed, it holds it this long at most.
 BEAT_LOCK_SECONDS = 5 * BEAT_MAX_LOOP_SECONDS
+# While Redis is away, beat tries again this often.
+BEAT_REDIS_RETRY_SECONDS = 1.0
 # RedBeat's keys: `<prefix>:lock`, `<prefix>:schedule`, and one per entry, `<prefix><name>`
 # (hence the trailing colon, as in RedBeat's own default, `redbeat:`).
 BEAT_KEY_PREFIX = f"{APP_NAME}:beat:"
@@ -124,6 +127,26 @@ class ScheduledJobScheduler(RedBeatScheduler):  # type: ignore[misc]
             self._backend = self._runner.run(_celery_backend(load_settings()))
         queue = JobQueue(self._backend, BackgroundJobs())
         return self._runner.run(submit_scheduled(queue, entry.name, job, params))
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """RedBeat's tick, outliving a Redis outage: as it is, the first error reaching
+        Redis (renewing the lock, reading the schedule) ends the beat process (measured:
+        Redis stopped for 3 s, beat exited at once). Here beat logs it and tries again,
+        except when its lock is gone: another beat may hold it now, and this one stops
+        rather than run beside it."""
+        try:
+            interval: float = super().tick(*args, **kwargs)
+        except LockNotOwnedError:
+            logger.error("beat: the lock is no longer ours (expired while Redis was away?)")
+            raise
+        except redis.RedisError as exc:
+            logger.warning(
+                "beat: Redis unreachable (%s); trying again in %gs",
+                type(exc).__name__,
+                BEAT_REDIS_RETRY_SECONDS,
+            )
+            return BEAT_REDIS_RETRY_SECONDS
+        return interval
 
     def close(self) -> None:
         if self._runner is not None:
