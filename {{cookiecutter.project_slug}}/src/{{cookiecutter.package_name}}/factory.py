@@ -75,8 +75,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     warn_if_request_heads_are_unbounded()
     warn_if_proxies_setting_is_unread(settings)
     logger.info("service started; heavy jobs run on the %s backend", backend.name)
-    # Periodic jobs: in-process, this process runs them (once per host); on Celery,
-    # `celery beat` does, and the API has nothing to do.
+    # Periodic jobs: in-process, this process runs them (once per host)
+    {%- if cookiecutter.job_backend == "celery" %}; on Celery,
+    # `celery beat` does, and the API has nothing to do
+    {%- endif %}.
     schedule: tuple[ScheduledJob, ...] = app.state.schedule if backend.name == "inprocess" else ()
     {%- if cookiecutter.job_backend == "celery" %}
     if app.state.schedule and not schedule:

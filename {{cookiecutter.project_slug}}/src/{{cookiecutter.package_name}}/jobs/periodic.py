@@ -223,8 +223,8 @@ class InProcessSchedule:
             await asyncio.sleep(max(0.0, due[name] - self._clock()))
             entry = entries[name]
             await submit_scheduled(self.queue, name, entry.job, entry.params)
-            # From when it ran, as Celery beat counts an interval: a run that came late
-            # is never followed by one sooner than its period (nor by a burst).
+            # From when it ran: a run that came late is never followed by one sooner
+            # than its period (nor by a burst).
             due[name] = next_run(entry, max(due[name], self._clock()))
 
     @contextlib.asynccontextmanager

@@ -12,8 +12,8 @@ To add one, append an entry to `SCHEDULE`:
   goes through `JobQueue.submit` like any submission: a job id, `GET /jobs/{id}`.
 - `every_seconds` (1 or more) or `cron` (five fields, minute hour day-of-month month
   day-of-week, in UTC; `*/15`, `1-5`, `mon-fri` as in crontab), not both. Restrict
-  day-of-month or day-of-week, not both: cron runs on either day, Celery on days that
-  are both, so the two backends would disagree.
+  day-of-month or day-of-week, not both: schedulers disagree on what that means (cron
+  runs on either day, others only on days that are both).
 {%- if cookiecutter.job_backend == "celery" %}
 
 Who runs it: with `JOBS_BACKEND=celery`, `celery -A <package>.beat beat` (one process; a
@@ -68,10 +68,10 @@ class ScheduledJob:
                     "day-of-month month day-of-week"
                 )
             if fields[2] != "*" and fields[4] != "*":
-                # cron runs on either day, Celery only on a day that is both.
+                # cron runs on either day; other schedulers only on a day that is both.
                 raise ScheduleError(
                     f"scheduled job {self.name!r}: restrict day-of-month or day-of-week, "
-                    "not both (cron and Celery read that differently)"
+                    "not both (schedulers disagree on what that means)"
                 )
             try:
                 CronSim(self.cron, datetime.now(UTC))
