@@ -23,6 +23,7 @@ from {{ cookiecutter.package_name }}.jobs import celery_beat
 from {{ cookiecutter.package_name }}.jobs.periodic import next_run
 from {{ cookiecutter.package_name }}.jobs.schedule import (
     ScheduledJob,
+    ScheduleError,
 )
 from tests.celery_processes import RedisServer, redis_server, running_worker
 from tests.scheduled_runs import (
@@ -220,6 +221,12 @@ def test_beat_refuses_to_start_for_in_process_jobs(tmp_path: Path) -> None:
         f"{PACKAGE}: JOBS_BACKEND is not celery: with in-process jobs the API runs the "
         "schedule itself, and celery beat has nothing to do"
     ]
+
+
+def test_beat_refuses_a_cron_line_celery_cannot_read_naming_the_entry() -> None:
+    entry = ScheduledJob("sundays", job="build_report", cron="0 4 * * 7")  # cron takes it
+    with pytest.raises(ScheduleError, match="'sundays': Celery cannot read cron '0 4 \\* \\* 7'"):
+        celery_beat.celery_schedule(entry)
 
 
 @pytest.mark.parametrize(

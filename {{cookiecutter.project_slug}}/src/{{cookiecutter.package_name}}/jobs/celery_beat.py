@@ -4,8 +4,9 @@ The scheduler is celery-redbeat's, which keeps each entry's last run and a lock 
 Redis the service already has. Why it: Celery's own `PersistentScheduler` keeps its
 state in a local file and has no lock, so a second beat started by mistake (a second
 replica, a deploy that overlaps the old one) sends every run twice; django-celery-beat
-needs Django and an SQL database. RedBeat is maintained (2.4.2, July 2026; Celery 5 and
-redis-py 8 supported) and is the Redis scheduler Celery's own documentation points to.
+needs Django and an SQL database. RedBeat is maintained (2.4.2 came out in July 2026)
+and widely used (among the 2,500 most downloaded packages on PyPI); its tests here run
+it with Celery 5.7 and redis-py 8.1.
 
 How the lock plays out: the beat that takes it (`<package>:beat::lock`) runs the ticks and
 renews it every tick; another beat waits for it, trying every `BEAT_MAX_LOOP_SECONDS`.
@@ -54,7 +55,7 @@ def celery_schedule(entry: ScheduledJob) -> schedule | crontab:
     assert entry.cron is not None
     try:
         return crontab.from_string(entry.cron)
-    except ValueError as exc:  # what cronsim takes and Celery does not (`7` for Sunday)
+    except ValueError as exc:  # what cronsim takes and Celery does not: `7` for Sunday, `L`
         raise ScheduleError(
             f"scheduled job {entry.name!r}: Celery cannot read cron {entry.cron!r}: {exc}"
         ) from None
