@@ -157,8 +157,10 @@ def test_with_two_server_workers_one_runs_the_schedule_and_the_other_takes_over(
         assert runs_after
         assert int(lock.read_text()) != holder
     finally:
-        server.stop()
+        server.stop()  # SIGTERM: the schedule stops with the first signal
     assert_one_run_per_tick(queued_runs(server.records()))
+    assert server.process.returncode == 0
+    assert not [m for m in messages_of(server.records()) if "not queued" in m]
 
 
 def test_a_bad_entry_stops_start_up_with_one_line_naming_it(

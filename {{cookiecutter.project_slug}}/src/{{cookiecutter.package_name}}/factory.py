@@ -85,10 +85,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("periodic jobs: run by `celery beat` (%s.beat), not here", __package__)
     {%- endif %}
     periodic = InProcessSchedule(schedule, backend, settings.schedule_lock_file)
+
+    def stop_taking_jobs() -> None:
+        periodic.begin_shutdown()
+        backend.begin_shutdown()
+
     app.state.started = True
     try:
-        # In-process: queued jobs must not start while the server drains.
-        with on_stop_signals(backend.begin_shutdown):
+        # In-process: queued jobs must not start while the server drains, nor new runs.
+        with on_stop_signals(stop_taking_jobs):
             async with periodic.running():
                 yield
     finally:

@@ -177,6 +177,7 @@ class InProcessSchedule:
         self.jobs = BackgroundJobs()
         self.queue = JobQueue(backend, self.jobs)
         self._clock = clock
+        self._runner: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Wait for the lock, then submit each entry at its times, until cancelled."""
@@ -240,12 +241,18 @@ class InProcessSchedule:
             "every other host or container running this service runs them too",
             self.lock.path,
         )
-        runner = asyncio.get_running_loop().create_task(self.run())
+        self._runner = asyncio.get_running_loop().create_task(self.run())
         try:
             yield
         finally:
-            runner.cancel()
+            self.begin_shutdown()
             with contextlib.suppress(asyncio.CancelledError):
-                await runner
+                await self._runner
             self.backend.begin_shutdown()
             await self.jobs.wait(SHUTDOWN_WAIT_SECONDS)
+
+    def begin_shutdown(self) -> None:
+        """The server got its stop signal (called on the event loop): no more runs,
+        rather than one refused submission a tick while the server drains."""
+        if self._runner is not None:
+            self._runner.cancel()
