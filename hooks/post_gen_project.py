@@ -49,6 +49,8 @@ FEATURES: tuple[Feature, ...] = (
         values=("celery",),
         paths=(
             "src/{package_name}/worker.py",
+            "src/{package_name}/beat.py",
+            "src/{package_name}/jobs/celery_beat.py",
             "src/{package_name}/jobs/broker.py",
             "src/{package_name}/jobs/celery_app.py",
             "src/{package_name}/jobs/celery_backend.py",
@@ -56,10 +58,18 @@ FEATURES: tuple[Feature, ...] = (
             "tests/celery_processes.py",
             "tests/test_broker_messages.py",
             "tests/test_celery_worker.py",
+            "tests/scheduled_beat.py",
+            "tests/test_celery_beat.py",
         ),
         # The Celery instrumentation belongs to both this and use_opentelemetry: it
         # stays only when both are chosen.
-        dependencies=("celery", "redis", "celery-types", "opentelemetry-instrumentation-celery"),
+        dependencies=(
+            "celery",
+            "redis",
+            "celery-redbeat",
+            "celery-types",
+            "opentelemetry-instrumentation-celery",
+        ),
     ),
     Feature(
         option="auth",

@@ -289,10 +289,11 @@ def test_compose_stack_runs_jobs(stack: Stack) -> None:
     stack.smoke()
     TIMINGS[f"{stack.built.backend}: compose up + smoke test"] = time.monotonic() - started
 
-    services = ("api", "worker", "redis") if stack.built.backend == "celery" else ("api",)
+    services = ("api", "worker", "beat", "redis") if stack.built.backend == "celery" else ("api",)
     for service in services:
         (container,) = stack.containers(service)
-        # The worker runs the API's image: its HEALTHCHECK must see a worker, not HTTP.
+        # The worker and beat run the API's image: its HEALTHCHECK must see a worker (a
+        # beat holding its lock), not HTTP.
         stack.healthy(container)
         assert stack.inspect(container, "{{.HostConfig.RestartPolicy.Name}}") == "unless-stopped"
     if stack.built.backend == "inprocess":

@@ -117,8 +117,8 @@ def test_compose_names_the_services_of_the_options(bakery: Bakery, case: Case) -
         assert set(services) == {"api"}
         assert "volumes" not in compose
         return
-    assert set(services) == {"api", "worker", "redis", "flower"}
-    for name in ("api", "worker", "flower"):
+    assert set(services) == {"api", "worker", "beat", "redis", "flower"}
+    for name in ("api", "worker", "beat", "flower"):
         assert services[name]["depends_on"] == {"redis": {"condition": "service_healthy"}}
     assert "healthcheck" in services["redis"]
     # One image for the API and the worker; its HEALTHCHECK suits both (healthcheck.py),
@@ -131,6 +131,14 @@ def test_compose_names_the_services_of_the_options(bakery: Bakery, case: Case) -
     # `docker compose up --scale worker=4` needs a worker without a fixed name or port.
     assert "container_name" not in worker
     assert "ports" not in worker
+    # Beat runs the schedule: the same image, its own command, one replica (a second
+    # would only wait for the first one's lock), and the image's HEALTHCHECK.
+    beat = services["beat"]
+    assert beat["image"] == case.slug
+    assert beat["command"][:4] == ["celery", "-A", f"{case.package_name}.beat", "beat"]
+    assert beat["deploy"]["replicas"] == 1
+    assert beat["environment"]["JOBS_BACKEND"] == "celery"
+    assert "healthcheck" not in beat
     assert services["flower"]["profiles"] == ["monitoring"]
     assert "FLOWER_PASSWORD" in " ".join(services["flower"]["entrypoint"])
 

@@ -335,6 +335,7 @@ def test_dependencies_to_remove() -> None:
     removed = POST.dependencies_to_remove(answers(job_backend="inprocess", use_opentelemetry=True))
     assert sorted(removed) == [
         "celery",
+        "celery-redbeat",
         "celery-types",
         "opentelemetry-instrumentation-celery",
         "pyjwt",

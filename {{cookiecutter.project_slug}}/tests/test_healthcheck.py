@@ -21,4 +21,11 @@ def test_worker_is_recognised_from_its_command_line() -> None:
     check = ["python", "-m", "app.healthcheck"]
     inspect = ["celery", "-A", "app.worker", "inspect", "ping"]
     assert not healthcheck.runs_celery_worker([api, check, inspect])
+
+
+def test_beat_is_recognised_from_its_command_line() -> None:
+    beat = ["/opt/venv/bin/python", "/opt/venv/bin/celery", "-A", "app.beat", "beat"]
+    assert healthcheck.runs_celery_beat([["uvicorn", "app.main:app"], beat])
+    worker = ["celery", "-A", "app.worker", "worker"]
+    assert not healthcheck.runs_celery_beat([worker, ["python", "-m", "app.healthcheck"]])
 {%- endif %}

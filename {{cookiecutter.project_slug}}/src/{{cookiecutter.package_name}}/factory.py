@@ -12,6 +12,8 @@ from fastapi import FastAPI
 from .api import add_service_routes
 from .api.errors import install_error_handlers
 from .jobs import JobBackend, build_job_backend
+from .jobs.periodic import InProcessSchedule, check_schedule
+from .jobs.schedule import SCHEDULE, ScheduledJob
 from .logs import configure_logging
 from .middleware import StackedFastAPI, middleware_stack
 from .observability.errors import setup_error_reporting
@@ -73,11 +75,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     warn_if_request_heads_are_unbounded()
     warn_if_proxies_setting_is_unread(settings)
     logger.info("service started; heavy jobs run on the %s backend", backend.name)
+    # Periodic jobs: in-process, this process runs them (once per host)
+    {%- if cookiecutter.job_backend == "celery" %}; on Celery,
+    # `celery beat` does, and the API has nothing to do
+    {%- endif %}.
+    schedule: tuple[ScheduledJob, ...] = app.state.schedule if backend.name == "inprocess" else ()
+    {%- if cookiecutter.job_backend == "celery" %}
+    if app.state.schedule and not schedule:
+        logger.info("periodic jobs: run by `celery beat` (%s.beat), not here", __package__)
+    {%- endif %}
+    periodic = InProcessSchedule(schedule, backend, settings.schedule_lock_file)
+
+    def stop_taking_jobs() -> None:
+        periodic.begin_shutdown()
+        backend.begin_shutdown()
+
     app.state.started = True
     try:
-        # In-process: queued jobs must not start while the server drains.
-        with on_stop_signals(backend.begin_shutdown):
-            yield
+        # In-process: queued jobs must not start while the server drains, nor new runs.
+        with on_stop_signals(stop_taking_jobs):
+            async with periodic.running():
+                yield
     finally:
         app.state.started = False
         await backend.aclose()
@@ -110,6 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.job_backend = build_job_backend(settings, metrics.jobs)
+    # Checked here, so that a bad entry stops start-up with one line (a SettingsError);
+    # tests may put a schedule of their own here before the lifespan starts.
+    check_schedule(SCHEDULE)
+    app.state.schedule = SCHEDULE
     install_error_handlers(app)
     add_service_routes(app)
     return app

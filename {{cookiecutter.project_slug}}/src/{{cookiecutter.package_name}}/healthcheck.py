@@ -1,10 +1,12 @@
 """The image's HEALTHCHECK (`python -m <package>.healthcheck`): exit 0 when healthy.
 {%- if cookiecutter.job_backend == "celery" %}
 
-The API and the Celery worker run from the same image (compose.yaml gives the worker its
-own command), so one check must suit both: a container running a Celery worker is healthy
-when that worker answers a ping addressed to it; any other container when the API answers
-`/health/live`. It looks at the container's processes rather than at a setting, so that
+The API, the Celery worker and Celery beat run from the same image (compose.yaml gives
+the worker and beat their own commands), so one check must suit all three: a container
+running a Celery worker is healthy when that worker answers a ping addressed to it; one
+running beat when Redis answers and a beat holds the schedule's lock (this one, or the
+one it waits for); any other container when the API answers `/health/live`. It looks at
+the container's processes rather than at a setting, so that
 `docker run <image> celery -A ... worker` is checked right without any.
 {%- else %}
 
@@ -47,6 +49,25 @@ def runs_celery_worker(commands: Iterable[list[str]]) -> bool:
     )
 
 
+def runs_celery_beat(commands: Iterable[list[str]]) -> bool:
+    return any(
+        "beat" in command and any(Path(arg).name == "celery" for arg in command[:2])
+        for command in commands
+    )
+
+
+def beat_holds_its_lock() -> bool:
+    import redis
+
+    from .jobs.celery_beat import beat_lock_held
+    from .settings import load_settings
+
+    try:
+        return beat_lock_held(load_settings().redis_url)
+    except redis.RedisError:
+        return False
+
+
 def worker_answers() -> bool:
     from .worker import app  # only a worker's container needs the Celery app
 
@@ -68,6 +89,8 @@ def main() -> int:
 {%- if cookiecutter.job_backend == "celery" %}
     if runs_celery_worker(container_commands()):
         return 0 if worker_answers() else 1
+    if runs_celery_beat(container_commands()):
+        return 0 if beat_holds_its_lock() else 1
 {%- endif %}
     return 0 if api_answers() else 1
 

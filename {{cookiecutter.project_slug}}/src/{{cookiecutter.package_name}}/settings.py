@@ -4,7 +4,9 @@ Values come from the environment, then from a `.env` file in the working directo
 """
 
 import re
+import tempfile
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Annotated, Literal
 {%- if cookiecutter.auth == "jwt" %}
 from urllib.parse import urlsplit
@@ -185,6 +187,14 @@ class Settings(LoggingSettings):
         description=(
             "In-process jobs: finished states kept in memory at most; beyond it the oldest "
             "are forgotten before JOB_RETENTION_SECONDS."
+        ),
+    )
+    # Periodic jobs (issue 10)
+    schedule_lock_file: Path = Field(
+        default=Path(tempfile.gettempdir()) / f"{__package__}-schedule.lock",
+        description=(
+            "In-process jobs: the file whose lock lets one server worker of the host run "
+            "the schedule (jobs/schedule.py); on a local file system."
         ),
     )
     web_concurrency: int = Field(
