@@ -28,7 +28,9 @@ from prometheus_client.samples import Sample
 from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.factory import create_app
-from {{ cookiecutter.package_name }}.observability.metric_families import Exposition
+from {{ cookiecutter.package_name }}.observability.metric_families import (
+    Exposition,
+)
 from tests import support
 {%- if cookiecutter.job_backend == "celery" %}
 from tests.celery_processes import RedisServer, WorkerProcess, running_worker
