@@ -10,6 +10,7 @@ most that, never the event loop.
 
 import asyncio
 import contextvars
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import redis.asyncio
 from celery.backends.redis import RedisBackend
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 
 from ..settings import Settings
 from .broker import encode_task_message
@@ -37,11 +39,14 @@ from .celery_app import (
     encode_state,
 )
 from .models import (
+    IdempotencyClaim,
+    IdempotencyKeyReusedError,
     JobBackendUnavailableError,
     JobFailedError,
     JobRequest,
     JobState,
     JobStatus,
+    QueueFullError,
     describe_error,
 )
 from .queue import NO_JOB_EVENTS, JobEvents, RunAfterResponse
@@ -54,6 +59,10 @@ logger = logging.getLogger(__name__)
 CLIENT_THREADS = 4
 
 T = TypeVar("T")
+
+# Waiting messages at most: 10,000 of the example job's (about 1 KB each) hold 10 MB
+# of Redis memory; past it, a backlog is better told to clients (429) than stored.
+DEFAULT_MAX_QUEUED_JOBS = 10_000
 
 # A scrape reads the queue's length: a dead or hung Redis must not hold /metrics up.
 QUEUE_LENGTH_TIMEOUT_SECONDS = 0.5
@@ -80,16 +89,70 @@ CELERY_STATE_TO_STATUS = {
 }
 
 
+# Where an idempotency key names its first job, beside Celery's `celery-task-meta-<id>`.
+IDEMPOTENCY_KEY_PREFIX = "idempotency-key-"
+
+# Admission and queueing in one step on the Redis server, so that it is atomic and
+# costs no round trip of its own: the script rides in the batch's pipeline like the
+# SET and LPUSH it replaces. A key already claimed answers its value (fingerprint and
+# first job id) and queues nothing; a full queue answers 0 and queues nothing; else the
+# claim, the QUEUED record and the message are written, in that order, and it answers 1.
+# KEYS: the job's state, the queue[, the idempotency key]
+# ARGV: the state, its expiry in seconds, the message, MAX_QUEUED_JOBS[, the claim]
+ADMIT_SCRIPT = """
+if KEYS[3] then
+  local first = redis.call('GET', KEYS[3])
+  if first then return first end
+end
+if redis.call('LLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 0 end
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2]) end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('LPUSH', KEYS[2], ARGV[3])
+return 1
+"""
+ADMIT_SCRIPT_SHA = hashlib.sha1(ADMIT_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+ADMITTED, QUEUE_FULL = 1, 0
+
+
 class Submission:
-    """One job's two writes, waiting for a batch: its QUEUED record, then its message."""
+    """One job's writes, waiting for a batch: its claim, its QUEUED record, its message.
 
-    __slots__ = ("message", "sent", "state", "state_key")
+    `sent` resolves to the id of the job that answers the submission: its own, or the
+    first job of its idempotency key."""
 
-    def __init__(self, state_key: str, state: bytes, message: str) -> None:
+    __slots__ = ("claim", "job_id", "message", "sent", "state", "state_key")
+
+    def __init__(
+        self,
+        job_id: str,
+        state_key: str,
+        state: bytes,
+        message: str,
+        claim: IdempotencyClaim | None = None,
+    ) -> None:
+        self.job_id = job_id
         self.state_key = state_key
         self.state = state
         self.message = message
-        self.sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.claim = claim
+        self.sent: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def settle(self, reply: object, max_queued: int) -> None:
+        """Resolve `sent` from the script's reply."""
+        if reply == ADMITTED:
+            self.sent.set_result(self.job_id)
+        elif reply == QUEUE_FULL:
+            self.sent.set_exception(QueueFullError(max_queued))
+        elif isinstance(reply, bytes) and self.claim is not None:
+            fingerprint, _, first_id = reply.decode().partition(" ")
+            if fingerprint == self.claim.fingerprint:
+                self.sent.set_result(first_id)
+            else:
+                self.sent.set_exception(IdempotencyKeyReusedError())
+        else:  # a Redis error for this command alone (OOM, a read-only replica...)
+            logger.warning("job %s not queued: %r", self.job_id, reply)
+            error = describe_error(reply, ()) if isinstance(reply, Exception) else repr(reply)
+            self.sent.set_exception(JobBackendUnavailableError(error))
 
 
 class QueuePublisher:
@@ -121,7 +184,12 @@ class QueuePublisher:
     """
 
     def __init__(
-        self, redis_url: str, queue: str, state_expires: int, deadline_seconds: float
+        self,
+        redis_url: str,
+        queue: str,
+        state_expires: int,
+        deadline_seconds: float,
+        max_queued: int,
     ) -> None:
         # One retry on a broken connection (Redis restarted under a pooled one); none on
         # a timeout, which only a deadline ends.
@@ -135,12 +203,15 @@ class QueuePublisher:
         self.queue = queue
         self.state_expires = state_expires
         self.deadline_seconds = deadline_seconds
+        self.max_queued = max_queued
         self._waiting: list[Submission] = []
         self._sender: asyncio.Task[None] | None = None
 
-    async def publish(self, submission: Submission) -> None:
-        """Send it with the next batch; raise JobBackendUnavailableError if Redis does
-        not take it within the deadline."""
+    async def publish(self, submission: Submission) -> str:
+        """Send it with the next batch, and return the id of the job that answers it
+        (see `Submission`); raise JobBackendUnavailableError if Redis does not take it
+        within the deadline, QueueFullError or IdempotencyKeyReusedError if the script
+        refused it."""
         self._waiting.append(submission)
         if self._sender is None:
             # Starts at the loop's next turn: the requests already read join this batch.
@@ -150,7 +221,8 @@ class QueuePublisher:
             )
         try:
             async with asyncio.timeout(self.deadline_seconds):
-                await submission.sent  # cancelled at the deadline: then it is not sent
+                # Cancelled at the deadline: then it is not sent.
+                return await submission.sent
         except TimeoutError:
             raise JobBackendUnavailableError(
                 f"Redis did not answer within {self.deadline_seconds:g}s"
@@ -169,11 +241,17 @@ class QueuePublisher:
     async def _send(self, batch: list[Submission]) -> None:
         try:
             async with asyncio.timeout(self.deadline_seconds):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for submission in batch:
-                        pipe.set(submission.state_key, submission.state, ex=self.state_expires)
-                        pipe.lpush(self.queue, submission.message)
-                    await pipe.execute()
+                replies = await self._admit(batch)
+                unknown = [
+                    s for s, r in zip(batch, replies, strict=True) if isinstance(r, NoScriptError)
+                ]
+                if unknown:
+                    # Redis restarted (or its scripts were flushed) since it last ran the
+                    # script: a refused EVALSHA did nothing, so those are sent again.
+                    await self._redis.script_load(ADMIT_SCRIPT)
+                    replies = [r for r in replies if not isinstance(r, NoScriptError)]
+                    batch = [s for s in batch if s not in unknown] + unknown
+                    replies += await self._admit(unknown)
         except SEND_ERRORS as exc:
             logger.warning("%d job(s) not queued: %s: %s", len(batch), type(exc).__name__, exc)
             error = JobBackendUnavailableError(describe_error(exc, ()))
@@ -181,9 +259,28 @@ class QueuePublisher:
                 if not submission.sent.done():
                     submission.sent.set_exception(error)
         else:
-            for submission in batch:
+            for submission, reply in zip(batch, replies, strict=True):
                 if not submission.sent.done():
-                    submission.sent.set_result(None)
+                    submission.settle(reply, self.max_queued)
+
+    async def _admit(self, batch: list[Submission]) -> list[object]:
+        """One pipeline of the admission script, a call a job; a reply each, errors
+        included (one job's error must not fail the others)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for submission in batch:
+                keys = [submission.state_key, self.queue]
+                args: list[str | bytes | int] = [
+                    submission.state,
+                    self.state_expires,
+                    submission.message,
+                    self.max_queued,
+                ]
+                if submission.claim is not None:
+                    keys.append(IDEMPOTENCY_KEY_PREFIX + submission.claim.key)
+                    args.append(f"{submission.claim.fingerprint} {submission.job_id}")
+                pipe.evalsha(ADMIT_SCRIPT_SHA, len(keys), *keys, *args)
+            replies: list[object] = await pipe.execute(raise_on_error=False)
+            return replies
 
     async def queue_length(self) -> int:
         length: int = await self._redis.llen(self.queue)
@@ -217,6 +314,7 @@ class CeleryBackend:
             queue=self.app.conf.task_default_queue,
             state_expires=self.retention_seconds,
             deadline_seconds=self.deadline_seconds,
+            max_queued=settings.max_queued_jobs or DEFAULT_MAX_QUEUED_JOBS,
         )
 
     async def _in_thread(self, call: Callable[[float], T]) -> T:
@@ -238,7 +336,12 @@ class CeleryBackend:
                 f"Redis did not answer within {self.deadline_seconds:g}s"
             ) from None
 
-    async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
+    async def submit(
+        self,
+        job: JobRequest,
+        run_after_response: RunAfterResponse,
+        claim: IdempotencyClaim | None = None,
+    ) -> str:
         store = self._result_store
         # QUEUED from the moment the message is there: an id that reads PENDING (which
         # Celery reports for any unknown id) was never issued.
@@ -251,8 +354,11 @@ class CeleryBackend:
             {REQUEST_ID_HEADER: job.request_id, SUBJECT_HEADER: job.subject},
             self._publisher.queue,
         )
-        await self._publisher.publish(Submission(store.get_key_for_task(job.id), state, message))
-        logger.info("job %s (%s) queued", job.id, job.name)
+        submission = Submission(job.id, store.get_key_for_task(job.id), state, message, claim)
+        job_id = await self._publisher.publish(submission)
+        if job_id == job.id:
+            logger.info("job %s (%s) queued", job.id, job.name)
+        return job_id
 
     async def get(self, job_id: str) -> JobState | None:
         return await self._in_thread(partial(self._read_state, job_id))

@@ -14,7 +14,10 @@ Nothing else to run, which suits development and small deployments. The limits:
 - a finished job stays readable for `JOB_RETENTION_SECONDS`, and at most
   `INPROCESS_MAX_FINISHED_JOBS` finished jobs are kept (the oldest go first), which
   bounds their memory: 0.43 KB each for the example job, 2.1 MB at the default
-  5,000 (tracemalloc; see `InMemoryJobStore`).
+  5,000 (tracemalloc; see `InMemoryJobStore`);
+- at most `MAX_QUEUED_JOBS` jobs wait (default 1,000: at 4 at once, that is already
+  hours of work for jobs of a few seconds); beyond it a submission is refused (429);
+- an `Idempotency-Key` is remembered by this process only, like its jobs.
 {%- if cookiecutter.job_backend == "celery" %}
 Choose the Celery backend when jobs must survive those.
 {%- endif %}
@@ -34,10 +37,13 @@ from pydantic import TypeAdapter
 
 from .models import (
     FINAL_STATUSES,
+    IdempotencyClaim,
+    IdempotencyKeyReusedError,
     JobBackendUnavailableError,
     JobRequest,
     JobState,
     JobStatus,
+    QueueFullError,
     describe_error,
 )
 from .queue import NO_JOB_EVENTS, JobEvents, RunAfterResponse
@@ -48,6 +54,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_FINISHED_JOBS = 5_000
 DEFAULT_RETENTION_SECONDS = 86_400.0
 DEFAULT_CONCURRENCY = 4
+DEFAULT_MAX_QUEUED_JOBS = 1_000
 NOT_STARTED_AT_SHUTDOWN = "not started: the server shut down first; submit it again"
 NOT_JSON = "the job's result could not be stored: it is not JSON"
 JOB_STATE = TypeAdapter(JobState)
@@ -77,6 +84,11 @@ class InMemoryJobStore:
         self._active: dict[str, JobState] = {}
         # Finished jobs in the order they ended, with when: the oldest come first.
         self._finished: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        # The ids of jobs not started yet: counted at each submission, so kept apart
+        # rather than counted by a scan of every active job.
+        self._queued: set[str] = set()
+        # Idempotency keys, oldest first: key -> (claimed at, fingerprint, job id).
+        self._claims: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
         self._lock = threading.Lock()
         self.max_finished = max_finished
         self.retention_seconds = retention_seconds
@@ -85,7 +97,31 @@ class InMemoryJobStore:
     def add(self, job_id: str) -> None:
         with self._lock:
             self._forget_expired()
-            self._active[job_id] = JobState(id=job_id, status=JobStatus.QUEUED)
+            self._add(job_id)
+
+    def admit(self, job_id: str, max_queued: int, claim: IdempotencyClaim | None) -> str:
+        """Add the job as queued and return its id, unless `claim`'s key names a job
+        already (return that job's id) or `max_queued` jobs wait (QueueFullError).
+
+        One lock around the look-up, the count and the add: two submissions with one
+        key, from two threads or two requests, make one job."""
+        with self._lock:
+            self._forget_expired()
+            if claim is not None and (first := self._claims.get(claim.key)) is not None:
+                _, fingerprint, first_id = first
+                if fingerprint != claim.fingerprint:
+                    raise IdempotencyKeyReusedError
+                return first_id
+            if len(self._queued) >= max_queued:
+                raise QueueFullError(max_queued)
+            self._add(job_id)
+            if claim is not None:
+                self._claims[claim.key] = (self._clock(), claim.fingerprint, job_id)
+            return job_id
+
+    def _add(self, job_id: str) -> None:
+        self._active[job_id] = JobState(id=job_id, status=JobStatus.QUEUED)
+        self._queued.add(job_id)
 
     def update(self, job_id: str, **changes: Any) -> None:
         with self._lock:
@@ -93,6 +129,8 @@ class InMemoryJobStore:
             if state is None:
                 return  # forgotten, or ended already (failed at shutdown): keep the end
             state = state.model_copy(update=changes)
+            if state.status is not JobStatus.QUEUED:
+                self._queued.discard(job_id)
             if state.status in FINAL_STATUSES:
                 self._finish(state)
                 self._forget_expired()
@@ -106,6 +144,7 @@ class InMemoryJobStore:
             if state is None or state.status is not JobStatus.QUEUED:
                 return False
             self._active[job_id] = state.model_copy(update={"status": JobStatus.RUNNING})
+            self._queued.discard(job_id)
             return True
 
     def fail_queued(self, error: str) -> list[str]:
@@ -131,7 +170,7 @@ class InMemoryJobStore:
 
     def queued_count(self) -> int:
         with self._lock:
-            return sum(1 for s in self._active.values() if s.status is JobStatus.QUEUED)
+            return len(self._queued)
 
     def __len__(self) -> int:
         with self._lock:
@@ -147,6 +186,7 @@ class InMemoryJobStore:
             failed = {"status": JobStatus.FAILED, "result": None, "error": NOT_JSON}
             frozen = JOB_STATE.dump_json(state.model_copy(update=failed))
         del self._active[state.id]
+        self._queued.discard(state.id)
         self._finished[state.id] = (self._clock(), frozen)
 
     def _forget_expired(self) -> None:
@@ -158,6 +198,17 @@ class InMemoryJobStore:
             if finished_at > oldest_kept and len(self._finished) <= self.max_finished:
                 break
             del self._finished[job_id]
+        # A key is kept as long as a finished job at most, and no more of them than of
+        # jobs kept: a key whose job is forgotten could only name a 404.
+        while self._claims:
+            key, (claimed_at, _, _) = next(iter(self._claims.items()))
+            if claimed_at > oldest_kept and len(self._claims) <= self.max_claims:
+                break
+            del self._claims[key]
+
+    @property
+    def max_claims(self) -> int:
+        return self.max_finished + len(self._active)
 
 
 class InProcessBackend:
@@ -168,21 +219,31 @@ class InProcessBackend:
         store: InMemoryJobStore | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         events: JobEvents = NO_JOB_EVENTS,
+        max_queued: int = DEFAULT_MAX_QUEUED_JOBS,
     ) -> None:
         self.store = store if store is not None else InMemoryJobStore()
         self.events = events
+        self.max_queued = max_queued
         # Job threads are counted against this limiter, not anyio's default one.
         self.slots = anyio.CapacityLimiter(concurrency)
         # Jobs still waiting for a slot, by id: shutdown cancels the wait.
         self._waiting: dict[str, anyio.CancelScope] = {}
         self.stopping = False
 
-    async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
+    async def submit(
+        self,
+        job: JobRequest,
+        run_after_response: RunAfterResponse,
+        claim: IdempotencyClaim | None = None,
+    ) -> str:
         if self.stopping:
             raise JobBackendUnavailableError("the server is shutting down")
-        self.store.add(job.id)
-        # A partial, not a lambda: Starlette awaits it only if it can see a coroutine function.
-        run_after_response(partial(self.run_when_a_slot_is_free, job))
+        job_id = self.store.admit(job.id, self.max_queued, claim)
+        if job_id == job.id:
+            # A partial, not a lambda: Starlette awaits it only if it can see a coroutine
+            # function.
+            run_after_response(partial(self.run_when_a_slot_is_free, job))
+        return job_id
 
     async def run_when_a_slot_is_free(self, job: JobRequest) -> None:
         with anyio.CancelScope() as waiting:
