@@ -47,6 +47,9 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("worker_metrics_port", ""),
         {%- endif %}
         ("docs_enabled", "maybe"),
+        # Backpressure (issue 10)
+        ("max_queued_jobs", 0),
+        ("max_queued_jobs", "many"),
         {%- if cookiecutter.auth == "jwt" %}
         ("jwt_issuer", "ftp://issuer.example/"),
         ("jwt_jwks_url", "file:///etc/passwd"),
