@@ -61,7 +61,12 @@ async def job_backend_unavailable(request: Request, exc: Exception) -> JSONRespo
 async def queue_full(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, QueueFullError)
     return JSONResponse(
-        {"detail": f"Too many jobs are waiting ({exc}); nothing was queued. Retry later."},
+        {
+            "detail": (
+                f"The job queue is full: {exc.limit} jobs are waiting (MAX_QUEUED_JOBS); "
+                "nothing was queued. Retry later."
+            )
+        },
         status_code=429,
         headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
