@@ -19,8 +19,12 @@ import redis
 {%- endif %}
 
 from {{ cookiecutter.package_name }}.factory import create_app
-from {{ cookiecutter.package_name }}.jobs.inprocess import InMemoryJobStore
-from {{ cookiecutter.package_name }}.jobs.queue import idempotency_claim
+from {{ cookiecutter.package_name }}.jobs.inprocess import (
+    InMemoryJobStore,
+)
+from {{ cookiecutter.package_name }}.jobs.queue import (
+    idempotency_claim,
+)
 {%- if cookiecutter.job_backend == "celery" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
