@@ -1,6 +1,12 @@
+{% if cookiecutter.job_backend == "celery" -%}
 """Admission of job submissions, on every backend, against a real server (and, for
 Celery, a real Redis and a real worker): `Idempotency-Key` makes a submission safe to
 send again, and `MAX_QUEUED_JOBS` refuses work the service cannot take (429)."""
+{%- else -%}
+"""Admission of job submissions, against a real server: `Idempotency-Key` makes a
+submission safe to send again, and `MAX_QUEUED_JOBS` refuses work the service cannot
+take (429)."""
+{%- endif %}
 
 import threading
 from collections.abc import Callable, Iterator
@@ -39,8 +45,12 @@ REPORT = {"rows": 3, "simulate_seconds": 0}
 @dataclass
 class AdmissionApi:
     """A served API with `MAX_QUEUED_JOBS=5` whose jobs wait until `let_jobs_run()`:
+    {%- if cookiecutter.job_backend == "celery" %}
     on Celery no worker runs yet; in-process, the only job slot is held by a job that
     lasts 2 s and ends by itself."""
+    {%- else %}
+    the only job slot is held by a job that lasts 2 s and ends by itself."""
+    {%- endif %}
 
     http: httpx.Client
     backend: str
@@ -174,7 +184,7 @@ def test_keys_are_scoped_to_whoever_submits() -> None:
     alice = idempotency_claim("retry-1", "alice", "build_report", REPORT)
     bob = idempotency_claim("retry-1", "bob", "build_report", REPORT)
     assert alice.key != bob.key
-    assert alice.fingerprint == bob.fingerprint
+    assert alice.request_hash == bob.request_hash
     assert len(alice.key) == 64  # hashed: the stored key holds no client input
 
 

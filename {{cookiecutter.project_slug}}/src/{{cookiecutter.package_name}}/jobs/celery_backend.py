@@ -96,7 +96,7 @@ IDEMPOTENCY_KEY_PREFIX = "idempotency-key-"
 # submissions with one key make one job, and the queue never passes its limit, whatever
 # the number of API processes) and costs no round trip of its own: one call of the
 # script a batch, in the batch's pipeline, where the SET and LPUSH of each job were.
-# For each job in order: a key already claimed answers its claim (fingerprint and first
+# For each job in order: a key already claimed answers its claim (request hash and first
 # job id) and queues nothing; a full queue answers 0 and queues nothing; else the claim,
 # the QUEUED record and the message are written, in that order, and it answers 1.
 # One call a batch, not a job: a call costs the server about 10 us beyond the commands
@@ -163,8 +163,8 @@ class Submission:
         elif reply == QUEUE_FULL:
             self.sent.set_exception(QueueFullError(max_queued))
         elif isinstance(reply, bytes) and self.claim is not None:
-            fingerprint, _, first_id = reply.decode().partition(" ")
-            if fingerprint == self.claim.fingerprint:
+            request_hash, _, first_id = reply.decode().partition(" ")
+            if request_hash == self.claim.request_hash:
                 self.sent.set_result(first_id)
             else:
                 self.sent.set_exception(IdempotencyKeyReusedError())
@@ -303,7 +303,7 @@ class QueuePublisher:
                     args += [
                         submission.state,
                         submission.message,
-                        "" if claim is None else f"{claim.fingerprint} {submission.job_id}",
+                        "" if claim is None else f"{claim.request_hash} {submission.job_id}",
                     ]
                 pipe.evalsha(ADMIT_SCRIPT_SHA, len(keys), *keys, *args)
             replies: list[Any] = await pipe.execute(raise_on_error=False)

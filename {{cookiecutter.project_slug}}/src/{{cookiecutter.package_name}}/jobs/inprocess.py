@@ -87,7 +87,7 @@ class InMemoryJobStore:
         # The ids of jobs not started yet: counted at each submission, so kept apart
         # rather than counted by a scan of every active job.
         self._queued: set[str] = set()
-        # Idempotency keys, oldest first: key -> (claimed at, fingerprint, job id).
+        # Idempotency keys, oldest first: key -> (claimed at, request hash, job id).
         self._claims: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
         self._lock = threading.Lock()
         self.max_finished = max_finished
@@ -108,15 +108,15 @@ class InMemoryJobStore:
         with self._lock:
             self._forget_expired()
             if claim is not None and (first := self._claims.get(claim.key)) is not None:
-                _, fingerprint, first_id = first
-                if fingerprint != claim.fingerprint:
+                _, request_hash, first_id = first
+                if request_hash != claim.request_hash:
                     raise IdempotencyKeyReusedError
                 return first_id
             if len(self._queued) >= max_queued:
                 raise QueueFullError(max_queued)
             self._add(job_id)
             if claim is not None:
-                self._claims[claim.key] = (self._clock(), claim.fingerprint, job_id)
+                self._claims[claim.key] = (self._clock(), claim.request_hash, job_id)
             return job_id
 
     def _add(self, job_id: str) -> None:

@@ -88,10 +88,10 @@ class JobBackendUnavailableError(Exception):
 class IdempotencyClaim:
     """What a submission with an `Idempotency-Key` asks the backend to hold for the
     retention period: `key` (the client's key, scoped to its subject and hashed, so
-    two clients never share one) names the first job, whose request had `fingerprint`."""
+    two clients never share one) names the first job, whose request had `request_hash`."""
 
     key: str
-    fingerprint: str
+    request_hash: str
 
 
 class QueueFullError(Exception):

@@ -71,7 +71,7 @@ class JobBackend(Protocol):
 
         Admission, decided atomically with the queueing (no read-then-write): with a
         `claim` whose key already names a job, return that job's id and queue nothing,
-        or raise IdempotencyKeyReusedError if its fingerprint differs; else, while
+        or raise IdempotencyKeyReusedError if its request hash differs; else, while
         `MAX_QUEUED_JOBS` jobs wait, raise QueueFullError and queue nothing."""
 
     async def get(self, job_id: str) -> JobState | None:
@@ -109,7 +109,7 @@ def idempotency_claim(
     key: str, subject: str | None, name: str, params: Mapping[str, Any]
 ) -> IdempotencyClaim:
     """The claim a key makes. Scoped to the subject: two clients that pick the same
-    key (`retry-1`) must neither share a job nor learn of each other's. The fingerprint
+    key (`retry-1`) must neither share a job nor learn of each other's. The request hash
     is of the job as validated (name and params), so a body that differs only in
     spacing, key order or a default spelt out is the same request."""
     scoped = hashlib.sha256(f"{subject or ''}\n{key}".encode()).hexdigest()
