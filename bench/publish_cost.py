@@ -12,8 +12,18 @@ per wall-clock second):
 - `submit`: the backend's own enqueue, one job after another: `await
   backend.submit(job)`, as `POST /reports` calls it.
 - `submit x16`: the same with 16 submissions in flight at once, as under load.
+- `submit, key` and `submit x16, key` (templates with idempotency keys, issue 10): each
+  job with an `Idempotency-Key` of its own, as a client that always sends one.
+- `LLEN, then submit x16` (same templates): the backpressure check as a round trip of
+  its own before each submission, the alternative to the one the template ships
+  (the check inside the admission script, in the batch's pipeline).
 - `_publish, no thread` (templates from before the enqueue moved to the event loop):
   the call their client thread made for each job, called directly.
+
+Each loop also gives `redis_cpu_us`, the Redis server's own CPU time per job (`INFO
+cpu`, read around each round): the admission script runs on the server, which shares
+the machine's cores with the API. And `redis_usec_per_call`, per command (`INFO
+commandstats`, over the whole run; a script's time includes the commands it calls).
 
 The JSON line it prints is read by `bench/run.py`.
 """
@@ -47,8 +57,13 @@ def new_job() -> Any:
     )
 
 
+def server_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def rate(
-    one: Callable[[], Awaitable[None]], seconds: float, parallel: int
+    one: Callable[[], Awaitable[None]], seconds: float, parallel: int, client: redis.Redis
 ) -> dict[str, float]:
     done = 0
     deadline = time.perf_counter() + seconds
@@ -59,14 +74,22 @@ async def rate(
             await one()
             done += 1
 
+    server = server_cpu(client)
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(parallel)))
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return {"per_second": done / wall, "cpu_us": cpu / done * 1e6}
+    server = server_cpu(client) - server
+    return {
+        "per_second": done / wall,
+        "cpu_us": cpu / done * 1e6,
+        "redis_cpu_us": server / done * 1e6,
+    }
 
 
 async def measure(url: str, seconds: float, rounds: int) -> dict[str, Any]:
-    os.environ.update(REDIS_URL=url, JOBS_BACKEND="celery")
+    # The queue grows by thousands of jobs a second here, with no worker: a limit high
+    # enough never to refuse, so the check's cost is measured, not its refusals.
+    os.environ.update(REDIS_URL=url, JOBS_BACKEND="celery", MAX_QUEUED_JOBS="10000000")
     settings = generated("settings").Settings()
     backend = generated("jobs.celery_backend").CeleryBackend(settings)
     client = redis.Redis.from_url(url)
@@ -85,28 +108,56 @@ async def measure(url: str, seconds: float, rounds: int) -> dict[str, Any]:
         await backend.submit(new_job(), lambda _: None)
 
     loops = {"raw": (raw, 1), "submit": (submit, 1), "submit x16": (submit, CONCURRENT)}
+    models = generated("jobs.models")
+    if hasattr(models, "IdempotencyClaim"):  # issue 10: admission
+
+        async def submit_with_key() -> None:
+            job = new_job()
+            claim = models.IdempotencyClaim(uuid.uuid4().hex * 2, "f" * 64)
+            await backend.submit(job, lambda _: None, claim)
+
+        async def check_then_submit() -> None:
+            await backend.waiting_jobs()
+            await backend.submit(new_job(), lambda _: None)
+
+        loops["submit, key"] = (submit_with_key, 1)
+        loops["submit x16, key"] = (submit_with_key, CONCURRENT)
+        loops["LLEN, then submit x16"] = (check_then_submit, CONCURRENT)
     if hasattr(backend, "_publish"):  # before: the call its thread made for each job
 
         async def publish() -> None:
             backend._publish(new_job(), time.monotonic() + 10)
 
         loops["_publish, no thread"] = (publish, 1)
+    client.config_resetstat()
     for one, parallel in loops.values():  # warm-up: connections, caches
-        await rate(one, 0.2, parallel)
+        await rate(one, 0.2, parallel, client)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in loops}
     for number in range(rounds):
         order = list(loops.items()) if number % 2 == 0 else list(reversed(loops.items()))
         for name, (one, parallel) in order:
-            results[name].append(await rate(one, seconds, parallel))
+            results[name].append(await rate(one, seconds, parallel, client))
     await backend.aclose()
+    stats = client.info("commandstats")
+    server_cost = {
+        name.removeprefix("cmdstat_"): stat["usec_per_call"]
+        for name, stat in stats.items()
+        if name in ("cmdstat_set", "cmdstat_lpush", "cmdstat_evalsha", "cmdstat_llen")
+    }
     client.delete("bench-raw-queue", *client.keys("bench-raw-state-*"))
+    if claims := client.keys("idempotency-key-*"):
+        client.delete(*claims)
     client.close()
     return {
-        name: {
-            "per_second": max(r["per_second"] for r in runs),
-            "cpu_us": min(r["cpu_us"] for r in runs),
-        }
-        for name, runs in results.items()
+        **{
+            name: {
+                "per_second": max(r["per_second"] for r in runs),
+                "cpu_us": min(r["cpu_us"] for r in runs),
+                "redis_cpu_us": min(r["redis_cpu_us"] for r in runs),
+            }
+            for name, runs in results.items()
+        },
+        "redis_usec_per_call": server_cost,
     }
 
 

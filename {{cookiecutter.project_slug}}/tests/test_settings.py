@@ -51,6 +51,9 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("job_cancel_grace_seconds", 3_601),
         {%- endif %}
         ("docs_enabled", "maybe"),
+        # Backpressure (issue 10)
+        ("max_queued_jobs", 0),
+        ("max_queued_jobs", "many"),
         {%- if cookiecutter.auth == "jwt" %}
         ("jwt_issuer", "ftp://issuer.example/"),
         ("jwt_jwks_url", "file:///etc/passwd"),

@@ -197,6 +197,20 @@ class Settings(LoggingSettings):
             "the schedule (jobs/schedule.py); on a local file system."
         ),
     )
+    # Backpressure (issue 10)
+    max_queued_jobs: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Jobs that may wait to start; while that many wait, a submission gets 429 with "
+            "Retry-After and nothing is queued. Unset: 1,000 for in-process jobs"
+            {%- if cookiecutter.job_backend == "celery" %}
+            ", 10,000 messages in the Celery queue (about 10 MB of Redis)"
+            {%- endif %}
+            "."
+        ),
+    )
     web_concurrency: int = Field(
         default=1,
         ge=1,

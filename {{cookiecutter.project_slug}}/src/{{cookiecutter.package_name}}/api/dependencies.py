@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import BackgroundTasks, Depends, Request
+from fastapi import BackgroundTasks, Depends, Header, Request
 
 from ..jobs import JobBackend, JobQueue
 
@@ -24,3 +24,19 @@ async def job_queue(
 
 JobQueueDep = Annotated[JobQueue, Depends(job_queue)]
 JobBackendDep = Annotated[JobBackend, Depends(job_backend)]
+
+# 1 to 128 visible ASCII characters (the rule; a UUID is the usual choice). A
+# bad one is a 422 whose `loc` names the header, like any invalid field.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[!-~]+$",
+        description=(
+            "Makes the submission safe to send again: the same key with the same body "
+            "returns the first job (200) for JOB_RETENTION_SECONDS; with another body, 422."
+        ),
+    ),
+]

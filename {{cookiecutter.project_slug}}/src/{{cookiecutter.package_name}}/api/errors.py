@@ -1,5 +1,5 @@
 """Errors as JSON: invalid input is a 422 that never echoes the input, a dependency
-that is down a 503, anything unexpected a 500."""
+that is down a 503, a full job queue a 429, anything unexpected a 500."""
 
 import logging
 from typing import Any
@@ -9,7 +9,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..context import request_id_var
-from ..jobs import JobBackendUnavailableError, JobConflictError
+from ..jobs import (
+    IdempotencyKeyReusedError,
+    JobBackendUnavailableError,
+    JobConflictError,
+    QueueFullError,
+)
 from ..logs import escape_control_characters
 
 logger = logging.getLogger(__name__)
@@ -65,6 +70,41 @@ async def job_conflict(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def queue_full(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueueFullError)
+    return JSONResponse(
+        {
+            "detail": (
+                f"The job queue is full: {exc.limit} jobs are waiting (MAX_QUEUED_JOBS); "
+                "nothing was queued. Retry later."
+            )
+        },
+        status_code=429,
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
+async def idempotency_key_reused(request: Request, exc: Exception) -> JSONResponse:
+    # Shaped like every other 422 (`loc` names the header); the key is the client's own,
+    # visible ASCII by the header's rule, so it is safe to repeat.
+    key = request.headers.get("idempotency-key", "")
+    return JSONResponse(
+        {
+            "detail": [
+                {
+                    "type": "idempotency_key_reused",
+                    "loc": ["header", "Idempotency-Key"],
+                    "msg": (
+                        f"Idempotency-Key {key!r} was first used with another request "
+                        "body; use a new key for a new job"
+                    ),
+                }
+            ]
+        },
+        status_code=422,
+    )
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's ServerErrorMiddleware calls this, then re-raises so the server logs
     # the traceback (with the request id: see the request-id middleware).
@@ -78,4 +118,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(JobBackendUnavailableError, job_backend_unavailable)
     app.add_exception_handler(JobConflictError, job_conflict)
+    app.add_exception_handler(QueueFullError, queue_full)
+    app.add_exception_handler(IdempotencyKeyReusedError, idempotency_key_reused)
     app.add_exception_handler(Exception, internal_error)

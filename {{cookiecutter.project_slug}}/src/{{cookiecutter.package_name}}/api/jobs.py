@@ -4,11 +4,19 @@
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel
 
-from ..jobs import JobState, JobStatus
+from ..jobs import JobQueue, JobState, JobStatus
 from ..jobs.reports import ReportParams
 from ..middleware.access_log import add_access_log_fields
-from .dependencies import JobQueueDep
-from .responses import CONFLICT, INVALID, LOCATION, NOT_FOUND, UNAVAILABLE
+from .dependencies import IdempotencyKey, JobQueueDep
+from .responses import (
+    CONFLICT,
+    INVALID,
+    LOCATION,
+    NOT_FOUND,
+    QUEUE_FULL,
+    REPLAYED,
+    UNAVAILABLE,
+)
 {%- if cookiecutter.auth == "jwt" %}
 from .security import require_scopes
 {%- endif %}
@@ -26,7 +34,13 @@ class JobAccepted(BaseModel):
     status_code=status.HTTP_202_ACCEPTED,
     responses={
         202: {"description": "Queued; follow it at `Location`.", "headers": LOCATION},
+        200: {
+            "model": JobAccepted,
+            "description": "The job this Idempotency-Key made before (nothing new queued).",
+            "headers": {**LOCATION, **REPLAYED},
+        },
         **INVALID,
+        **QUEUE_FULL,
         **UNAVAILABLE,
     },
     {%- if cookiecutter.auth == "jwt" %}
@@ -35,12 +49,27 @@ class JobAccepted(BaseModel):
     {%- endif %}
 )
 async def create_report(
-    params: ReportParams, request: Request, response: Response, jobs: JobQueueDep
+    params: ReportParams,
+    request: Request,
+    response: Response,
+    jobs: JobQueueDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
-    job_id = await jobs.submit("build_report", params.model_dump())
-    response.headers["Location"] = f"/jobs/{job_id}"
-    add_access_log_fields(request, job_id=job_id)
-    return JobAccepted(id=job_id)
+    job = await jobs.admit("build_report", params.model_dump(), idempotency_key=idempotency_key)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    add_access_log_fields(request, job_id=job.id)
+    if job.created:
+        return JobAccepted(id=job.id)
+    return await replayed(job.id, response, jobs)
+
+
+async def replayed(job_id: str, response: Response, jobs: JobQueue) -> JobAccepted:
+    """The answer to a submission whose key made `job_id` before: 200, and the job as
+    it is now (it may have run since)."""
+    response.status_code = status.HTTP_200_OK
+    response.headers["Idempotent-Replayed"] = "true"
+    state = await jobs.get(job_id)
+    return JobAccepted(id=job_id, status=state.status if state else JobStatus.QUEUED)
 
 
 @router.get("/jobs/{job_id}", responses={**NOT_FOUND, **UNAVAILABLE})

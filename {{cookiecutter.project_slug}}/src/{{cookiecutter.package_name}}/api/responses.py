@@ -66,6 +66,20 @@ UNAVAILABLE: Responses = {
         "headers": RETRY_AFTER,
     }
 }
+# Job submissions (issue 10): backpressure, and a key sent again.
+QUEUE_FULL: Responses = {
+    429: {
+        "model": ErrorBody,
+        "description": "MAX_QUEUED_JOBS jobs wait already; nothing was queued. Retry later.",
+        "headers": RETRY_AFTER,
+    }
+}
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true`: the Idempotency-Key named a job made before; this is it.",
+        "schema": {"type": "string"},
+    }
+}
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No job was issued with this id."}}
 
 

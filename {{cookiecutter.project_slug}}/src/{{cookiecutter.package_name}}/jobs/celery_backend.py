@@ -11,6 +11,7 @@ most that, never the event loop.
 import asyncio
 import contextlib
 import contextvars
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from celery.exceptions import TaskRevokedError
 from kombu.utils.encoding import bytes_to_str
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 
 from ..settings import Settings
 from .broker import encode_task_message
@@ -48,12 +50,15 @@ from .celery_app import (
 )
 from .models import (
     FINAL_STATUSES,
+    IdempotencyClaim,
+    IdempotencyKeyReusedError,
     JobBackendUnavailableError,
     JobConflictError,
     JobFailedError,
     JobRequest,
     JobState,
     JobStatus,
+    QueueFullError,
     cancel_conflict,
     describe_error,
     retry_conflict,
@@ -70,6 +75,10 @@ logger = logging.getLogger(__name__)
 CLIENT_THREADS = 4
 
 T = TypeVar("T")
+
+# Waiting messages at most: 10,000 of the example job's (about 1 KB each) hold 10 MB
+# of Redis memory; past it, a backlog is better told to clients (429) than stored.
+DEFAULT_MAX_QUEUED_JOBS = 10_000
 
 # A scrape reads the queue's length: a dead or hung Redis must not hold /metrics up.
 QUEUE_LENGTH_TIMEOUT_SECONDS = 0.5
@@ -110,16 +119,87 @@ return 0
 """
 
 
+# Where an idempotency key names its first job, beside Celery's `celery-task-meta-<id>`.
+IDEMPOTENCY_KEY_PREFIX = "idempotency-key-"
+
+# Admission and queueing in one step on the Redis server, so that it is atomic (two
+# submissions with one key make one job, and the queue never passes its limit, whatever
+# the number of API processes) and costs no round trip of its own: one call of the
+# script a batch, in the batch's pipeline, where the SET and LPUSH of each job were.
+# For each job in order: a key already claimed answers its claim (request hash and first
+# job id) and queues nothing; a full queue answers 0 and queues nothing; else the claim,
+# the QUEUED record and the message are written, in that order, and it answers 1.
+# One call a batch, not a job: a call costs the server about 10 us beyond the commands
+# it runs (EVALSHA per job: 16-22 us of Redis CPU a job against 5.3 us for SET and
+# LPUSH, bench/publish_cost.py).
+# KEYS: the queue, then each job's state key and idempotency key (its state key again
+# when it has none). ARGV: MAX_QUEUED_JOBS, the expiry in seconds, then each job's
+# state, message and claim ("" when it has none).
+ADMIT_SCRIPT = """
+local waiting = redis.call('LLEN', KEYS[1])
+local limit, expires = tonumber(ARGV[1]), ARGV[2]
+local replies = {}
+for job = 1, (#KEYS - 1) / 2 do
+  local state_key, claim_key = KEYS[2 * job], KEYS[2 * job + 1]
+  local state, message, claim = ARGV[3 * job], ARGV[3 * job + 1], ARGV[3 * job + 2]
+  local first = claim ~= '' and redis.call('GET', claim_key)
+  if first then
+    replies[job] = first
+  elseif waiting >= limit then
+    replies[job] = 0
+  else
+    if claim ~= '' then redis.call('SET', claim_key, claim, 'EX', expires) end
+    redis.call('SET', state_key, state, 'EX', expires)
+    redis.call('LPUSH', KEYS[1], message)
+    waiting = waiting + 1
+    replies[job] = 1
+  end
+end
+return replies
+"""
+ADMIT_SCRIPT_SHA = hashlib.sha1(ADMIT_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+# Jobs a call of the script at most: a few milliseconds of Redis's time at the most.
+ADMIT_SCRIPT_JOBS = 128
+ADMITTED, QUEUE_FULL = 1, 0
+
+
 class Submission:
-    """One job's two writes, waiting for a batch: its QUEUED record, then its message."""
+    """One job's writes, waiting for a batch: its claim, its QUEUED record, its message.
 
-    __slots__ = ("message", "sent", "state", "state_key")
+    `sent` resolves to the id of the job that answers the submission: its own, or the
+    first job of its idempotency key."""
 
-    def __init__(self, state_key: str, state: bytes, message: str) -> None:
+    __slots__ = ("claim", "job_id", "message", "sent", "state", "state_key")
+
+    def __init__(
+        self,
+        job_id: str,
+        state_key: str,
+        state: bytes,
+        message: str,
+        claim: IdempotencyClaim | None = None,
+    ) -> None:
+        self.job_id = job_id
         self.state_key = state_key
         self.state = state
         self.message = message
-        self.sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.claim = claim
+        self.sent: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def settle(self, reply: object, max_queued: int) -> None:
+        """Resolve `sent` from the script's reply."""
+        if reply == ADMITTED:
+            self.sent.set_result(self.job_id)
+        elif reply == QUEUE_FULL:
+            self.sent.set_exception(QueueFullError(max_queued))
+        elif isinstance(reply, bytes) and self.claim is not None:
+            request_hash, _, first_id = reply.decode().partition(" ")
+            if request_hash == self.claim.request_hash:
+                self.sent.set_result(first_id)
+            else:
+                self.sent.set_exception(IdempotencyKeyReusedError())
+        else:  # not a reply the script gives: a bug, answered as one (500)
+            self.sent.set_exception(RuntimeError(f"unexpected admission reply {reply!r}"))
 
 
 class QueuePublisher:
@@ -151,7 +231,12 @@ class QueuePublisher:
     """
 
     def __init__(
-        self, redis_url: str, queue: str, state_expires: int, deadline_seconds: float
+        self,
+        redis_url: str,
+        queue: str,
+        state_expires: int,
+        deadline_seconds: float,
+        max_queued: int,
     ) -> None:
         # One retry on a broken connection (Redis restarted under a pooled one); none on
         # a timeout, which only a deadline ends.
@@ -165,12 +250,15 @@ class QueuePublisher:
         self.queue = queue
         self.state_expires = state_expires
         self.deadline_seconds = deadline_seconds
+        self.max_queued = max_queued
         self._waiting: list[Submission] = []
         self._sender: asyncio.Task[None] | None = None
 
-    async def publish(self, submission: Submission) -> None:
-        """Send it with the next batch; raise JobBackendUnavailableError if Redis does
-        not take it within the deadline."""
+    async def publish(self, submission: Submission) -> str:
+        """Send it with the next batch, and return the id of the job that answers it
+        (see `Submission`); raise JobBackendUnavailableError if Redis does not take it
+        within the deadline, QueueFullError or IdempotencyKeyReusedError if the script
+        refused it."""
         self._waiting.append(submission)
         if self._sender is None:
             # Starts at the loop's next turn: the requests already read join this batch.
@@ -180,7 +268,8 @@ class QueuePublisher:
             )
         try:
             async with asyncio.timeout(self.deadline_seconds):
-                await submission.sent  # cancelled at the deadline: then it is not sent
+                # Cancelled at the deadline: then it is not sent.
+                return await submission.sent
         except TimeoutError:
             raise JobBackendUnavailableError(
                 f"Redis did not answer within {self.deadline_seconds:g}s"
@@ -199,24 +288,59 @@ class QueuePublisher:
     async def _send(self, batch: list[Submission]) -> None:
         try:
             async with asyncio.timeout(self.deadline_seconds):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for submission in batch:
-                        # No PUBLISH of QUEUED, unlike every later state: no one can follow
-                        # a job before its id is returned, after this write. It would cost
-                        # 9 us of CPU a job (bench/state_publish_cost.py), for no reader.
-                        pipe.set(submission.state_key, submission.state, ex=self.state_expires)
-                        pipe.lpush(self.queue, submission.message)
-                    await pipe.execute()
+                # No PUBLISH of QUEUED, unlike every later state: no one can follow a job
+                # before its id is returned, after this write. It would cost 9 us of CPU a
+                # job (bench/state_publish_cost.py), for no reader.
+                replies = await self._admit(batch)
+                if any(isinstance(r, NoScriptError) for r in replies):
+                    # Redis restarted (or its scripts were flushed) since it last ran the
+                    # script: a refused EVALSHA did nothing, so the batch goes again.
+                    await self._redis.script_load(ADMIT_SCRIPT)
+                    replies = await self._admit(batch)
         except SEND_ERRORS as exc:
-            logger.warning("%d job(s) not queued: %s: %s", len(batch), type(exc).__name__, exc)
-            error = JobBackendUnavailableError(describe_error(exc, ()))
-            for submission in batch:
+            self._fail(batch, exc)
+            return
+        chunks = range(0, len(batch), ADMIT_SCRIPT_JOBS)
+        for start, reply in zip(chunks, replies, strict=True):
+            chunk = batch[start : start + ADMIT_SCRIPT_JOBS]
+            if isinstance(reply, Exception):  # a Redis error for this call (OOM...)
+                self._fail(chunk, reply)
+                continue
+            for submission, job_reply in zip(chunk, reply, strict=True):
                 if not submission.sent.done():
-                    submission.sent.set_exception(error)
-        else:
-            for submission in batch:
-                if not submission.sent.done():
-                    submission.sent.set_result(None)
+                    submission.settle(job_reply, self.max_queued)
+
+    @staticmethod
+    def _fail(batch: list[Submission], exc: Exception) -> None:
+        logger.warning("%d job(s) not queued: %s: %s", len(batch), type(exc).__name__, exc)
+        error = JobBackendUnavailableError(describe_error(exc, ()))
+        for submission in batch:
+            if not submission.sent.done():
+                submission.sent.set_exception(error)
+
+    async def _admit(self, batch: list[Submission]) -> list[Any]:
+        """The batch through the admission script, in one pipeline: a reply a call
+        (the list of its jobs' replies), or the error of that call."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(batch), ADMIT_SCRIPT_JOBS):
+                keys = [self.queue]
+                args: list[str | bytes | int] = [self.max_queued, self.state_expires]
+                for submission in batch[start : start + ADMIT_SCRIPT_JOBS]:
+                    claim = submission.claim
+                    keys += [
+                        submission.state_key,
+                        submission.state_key
+                        if claim is None
+                        else IDEMPOTENCY_KEY_PREFIX + claim.key,
+                    ]
+                    args += [
+                        submission.state,
+                        submission.message,
+                        "" if claim is None else f"{claim.request_hash} {submission.job_id}",
+                    ]
+                pipe.evalsha(ADMIT_SCRIPT_SHA, len(keys), *keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
 
     async def queue_length(self) -> int:
         length: int = await self._redis.llen(self.queue)
@@ -253,6 +377,7 @@ class CeleryBackend:
             queue=self.app.conf.task_default_queue,
             state_expires=self.retention_seconds,
             deadline_seconds=self.deadline_seconds,
+            max_queued=settings.max_queued_jobs or DEFAULT_MAX_QUEUED_JOBS,
         )
         # GET /jobs/{id}/events: one pub/sub connection for all followers (redis_watch.py).
         self._subscriber = JobStateSubscriber(
@@ -278,7 +403,12 @@ class CeleryBackend:
                 f"Redis did not answer within {self.deadline_seconds:g}s"
             ) from None
 
-    async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
+    async def submit(
+        self,
+        job: JobRequest,
+        run_after_response: RunAfterResponse,
+        claim: IdempotencyClaim | None = None,
+    ) -> str:
         store = self._result_store
         # QUEUED from the moment the message is there: an id that reads PENDING (which
         # Celery reports for any unknown id) was never issued.
@@ -292,8 +422,11 @@ class CeleryBackend:
             {REQUEST_ID_HEADER: job.request_id, SUBJECT_HEADER: job.subject},
             self._publisher.queue,
         )
-        await self._publisher.publish(Submission(store.get_key_for_task(job.id), state, message))
-        logger.info("job %s (%s) queued", job.id, job.name)
+        submission = Submission(job.id, store.get_key_for_task(job.id), state, message, claim)
+        job_id = await self._publisher.publish(submission)
+        if job_id == job.id:
+            logger.info("job %s (%s) queued", job.id, job.name)
+        return job_id
 
     async def get(self, job_id: str) -> JobState | None:
         return await self._in_thread(partial(self._read_state, job_id))
@@ -437,9 +570,10 @@ class CeleryBackend:
         job = replace(new_job, name=name, params=params)
         try:
             await self.submit(job, run_after_response)
-        except JobBackendUnavailableError:
-            # Best effort: with Redis away this fails too, and the old job names a
-            # retry that was never queued (its id answers 404) until it expires.
+        except (JobBackendUnavailableError, QueueFullError):
+            # Not queued: the old job can be retried again. Best effort: with Redis away
+            # this fails too, and the old job names a retry that was never queued (its
+            # id answers 404) until it expires.
             with contextlib.suppress(*AFTER_RESPONSE_ERRORS):
                 await self._in_thread(partial(self._release_retry, job_id, job.id))
             raise

@@ -17,7 +17,10 @@ Nothing else to run, which suits development and small deployments. The limits:
 - a finished job stays readable for `JOB_RETENTION_SECONDS`, and at most
   `INPROCESS_MAX_FINISHED_JOBS` finished jobs are kept (the oldest go first), which
   bounds their memory: 0.43 KB each for the example job, 2.1 MB at the default
-  5,000 (tracemalloc; see `InMemoryJobStore`).
+  5,000 (tracemalloc; see `InMemoryJobStore`);
+- at most `MAX_QUEUED_JOBS` jobs wait (default 1,000: at 4 at once, that is already
+  hours of work for jobs of a few seconds); beyond it a submission is refused (429);
+- an `Idempotency-Key` is remembered by this process only, like its jobs.
 {%- if cookiecutter.job_backend == "celery" %}
 Choose the Celery backend when jobs must survive those.
 {%- endif %}
@@ -41,12 +44,15 @@ from pydantic import TypeAdapter
 
 from .models import (
     FINAL_STATUSES,
+    IdempotencyClaim,
+    IdempotencyKeyReusedError,
     JobBackendUnavailableError,
     JobCancelledError,
     JobConflictError,
     JobRequest,
     JobState,
     JobStatus,
+    QueueFullError,
     cancel_conflict,
     describe_error,
     retry_conflict,
@@ -60,6 +66,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_FINISHED_JOBS = 5_000
 DEFAULT_RETENTION_SECONDS = 86_400.0
 DEFAULT_CONCURRENCY = 4
+DEFAULT_MAX_QUEUED_JOBS = 1_000
 NOT_STARTED_AT_SHUTDOWN = "not started: the server shut down first; submit it again"
 NOT_JSON = "the job's result could not be stored: it is not JSON"
 NO_REQUEST = "the job's name and parameters were not kept: it cannot be retried"
@@ -98,6 +105,11 @@ class InMemoryJobStore:
         self._requests: dict[str, bytes] = {}
         # Running jobs asked to stop: their progress reporter raises JobCancelledError.
         self._cancelling: set[str] = set()
+        # The ids of jobs not started yet: counted at each submission, so kept apart
+        # rather than counted by a scan of every active job.
+        self._queued: set[str] = set()
+        # Idempotency keys, oldest first: key -> (claimed at, request hash, job id).
+        self._claims: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
         self._lock = threading.Lock()
         # Who follows which job (GET /jobs/{id}/events): called on each change, under
         # the lock, from whichever thread made it. No polling: a change wakes them.
@@ -110,10 +122,41 @@ class InMemoryJobStore:
         """Record a queued job; with `job`, what it runs, so that it can be retried."""
         with self._lock:
             self._forget_expired()
-            self._active[job_id] = JobState(id=job_id, status=JobStatus.QUEUED)
-            if job is not None:
-                what = {"name": job.name, "params": job.params}
-                self._requests[job_id] = json.dumps(what).encode()
+            self._add(job_id, job)
+
+    def admit(
+        self,
+        job_id: str,
+        max_queued: int,
+        claim: IdempotencyClaim | None,
+        job: JobRequest | None = None,
+    ) -> str:
+        """Add the job as queued and return its id, unless `claim`'s key names a job
+        already (return that job's id) or `max_queued` jobs wait (QueueFullError).
+
+        One lock around the look-up, the count and the add: two submissions with one
+        key, from two threads or two requests, make one job."""
+        with self._lock:
+            self._forget_expired()
+            if claim is not None and (first := self._claims.get(claim.key)) is not None:
+                _, request_hash, first_id = first
+                if request_hash != claim.request_hash:
+                    raise IdempotencyKeyReusedError
+                return first_id
+            if len(self._queued) >= max_queued:
+                raise QueueFullError(max_queued)
+            self._add(job_id, job)
+            if claim is not None:
+                self._claims[claim.key] = (self._clock(), claim.request_hash, job_id)
+            return job_id
+
+    def _add(self, job_id: str, job: JobRequest | None) -> None:
+        """Record a queued job; with `job`, what it runs, so that it can be retried."""
+        self._active[job_id] = JobState(id=job_id, status=JobStatus.QUEUED)
+        self._queued.add(job_id)
+        if job is not None:
+            what = {"name": job.name, "params": job.params}
+            self._requests[job_id] = json.dumps(what).encode()
 
     def update(self, job_id: str, **changes: Any) -> None:
         with self._lock:
@@ -121,6 +164,8 @@ class InMemoryJobStore:
             if state is None:
                 return  # forgotten, or ended already (failed at shutdown): keep the end
             state = state.model_copy(update=changes)
+            if state.status is not JobStatus.QUEUED:
+                self._queued.discard(job_id)
             if state.status in FINAL_STATUSES:
                 self._finish(state)
                 self._forget_expired()
@@ -136,6 +181,7 @@ class InMemoryJobStore:
                 return False
             self._active[job_id] = state.model_copy(update={"status": JobStatus.RUNNING})
             self._notify(job_id)
+            self._queued.discard(job_id)
             return True
 
     def cancel(self, job_id: str) -> JobState | None:
@@ -182,6 +228,17 @@ class InMemoryJobStore:
             self._finished[job_id] = (finished_at, JOB_STATE.dump_json(retried))
             what = json.loads(request)
             return what["name"], what["params"]
+
+    def release_retry(self, job_id: str, new_id: str) -> None:
+        """Undo `claim_retry` of `new_id`, which could not be queued."""
+        with self._lock:
+            if (finished := self._finished.get(job_id)) is None:
+                return
+            finished_at, frozen = finished
+            state = JOB_STATE.validate_json(frozen)
+            if state.retried_as == new_id:
+                released = state.model_copy(update={"retried_as": None})
+                self._finished[job_id] = (finished_at, JOB_STATE.dump_json(released))
 
     def fail_queued(self, error: str) -> list[str]:
         """Mark every queued job failed with `error`; return their ids."""
@@ -230,7 +287,7 @@ class InMemoryJobStore:
 
     def queued_count(self) -> int:
         with self._lock:
-            return sum(1 for s in self._active.values() if s.status is JobStatus.QUEUED)
+            return len(self._queued)
 
     def __len__(self) -> int:
         with self._lock:
@@ -247,6 +304,7 @@ class InMemoryJobStore:
             frozen = JOB_STATE.dump_json(state.model_copy(update=failed))
         del self._active[state.id]
         self._cancelling.discard(state.id)
+        self._queued.discard(state.id)
         self._finished[state.id] = (self._clock(), frozen)
 
     def _forget_expired(self) -> None:
@@ -259,6 +317,17 @@ class InMemoryJobStore:
                 break
             del self._finished[job_id]
             self._requests.pop(job_id, None)
+        # A key is kept as long as a finished job at most, and no more of them than of
+        # jobs kept: a key whose job is forgotten could only name a 404.
+        while self._claims:
+            key, (claimed_at, _, _) = next(iter(self._claims.items()))
+            if claimed_at > oldest_kept and len(self._claims) <= self.max_claims:
+                break
+            del self._claims[key]
+
+    @property
+    def max_claims(self) -> int:
+        return self.max_finished + len(self._active)
 
 
 class InProcessBackend:
@@ -269,21 +338,31 @@ class InProcessBackend:
         store: InMemoryJobStore | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         events: JobEvents = NO_JOB_EVENTS,
+        max_queued: int = DEFAULT_MAX_QUEUED_JOBS,
     ) -> None:
         self.store = store if store is not None else InMemoryJobStore()
         self.events = events
+        self.max_queued = max_queued
         # Job threads are counted against this limiter, not anyio's default one.
         self.slots = anyio.CapacityLimiter(concurrency)
         # Jobs still waiting for a slot, by id: shutdown cancels the wait.
         self._waiting: dict[str, anyio.CancelScope] = {}
         self.stopping = False
 
-    async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
+    async def submit(
+        self,
+        job: JobRequest,
+        run_after_response: RunAfterResponse,
+        claim: IdempotencyClaim | None = None,
+    ) -> str:
         if self.stopping:
             raise JobBackendUnavailableError("the server is shutting down")
-        self.store.add(job.id, job)
-        # A partial, not a lambda: Starlette awaits it only if it can see a coroutine function.
-        run_after_response(partial(self.run_when_a_slot_is_free, job))
+        job_id = self.store.admit(job.id, self.max_queued, claim, job)
+        if job_id == job.id:
+            # A partial, not a lambda: Starlette awaits it only if it can see a coroutine
+            # function.
+            run_after_response(partial(self.run_when_a_slot_is_free, job))
+        return job_id
 
     async def run_when_a_slot_is_free(self, job: JobRequest) -> None:
         with anyio.CancelScope() as waiting:
@@ -343,7 +422,11 @@ class InProcessBackend:
             return None
         name, params = claimed
         job = replace(new_job, name=name, params=params)
-        await self.submit(job, run_after_response)
+        try:
+            await self.submit(job, run_after_response)
+        except QueueFullError:
+            self.store.release_retry(job_id, job.id)  # not queued: it can be retried again
+            raise
         logger.info("job %s retried as %s", job_id, job.id)
         return job
 

@@ -120,6 +120,28 @@ class JobBackendUnavailableError(Exception):
     """The backend cannot take jobs now (its broker is down); worth retrying later."""
 
 
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """What a submission with an `Idempotency-Key` asks the backend to hold for the
+    retention period: `key` (the client's key, scoped to its subject and hashed, so
+    two clients never share one) names the first job, whose request had `request_hash`."""
+
+    key: str
+    request_hash: str
+
+
+class QueueFullError(Exception):
+    """`MAX_QUEUED_JOBS` jobs wait already: the submission was refused, nothing queued."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} jobs are waiting already (MAX_QUEUED_JOBS)")
+        self.limit = limit
+
+
+class IdempotencyKeyReusedError(Exception):
+    """An `Idempotency-Key` came back with another request than the one it first made."""
+
+
 # What a client reads for an error whose own text would name internal hosts and ports.
 UNREACHABLE = "a service the job needs could not be reached"
 

@@ -31,7 +31,7 @@ from typing import IO, Any
 from cronsim import CronSim
 
 from ..context import request_id_var
-from .models import JobBackendUnavailableError
+from .models import JobBackendUnavailableError, QueueFullError
 from .queue import JobBackend, JobQueue
 from .registry import JOBS
 from .schedule import ScheduledJob, ScheduleError
@@ -74,7 +74,8 @@ async def submit_scheduled(
     token = request_id_var.set(new_log_id(entry_name))
     try:
         job_id = await queue.submit(job, params)
-    except JobBackendUnavailableError as exc:
+    except (JobBackendUnavailableError, QueueFullError) as exc:
+        # An outage, or more jobs waiting than MAX_QUEUED_JOBS: the next run may pass.
         logger.warning("scheduled %s: not queued, skipped: %s", entry_name, exc)
         return None
     except Exception:

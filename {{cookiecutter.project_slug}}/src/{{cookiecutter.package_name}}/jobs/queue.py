@@ -3,15 +3,22 @@
     job_id = await jobs.submit("build_report", {"rows": 100})
     state = await jobs.get(job_id)
 
+With `idempotency_key=`, a submission the client sends again (its connection broke
+before the answer) finds the job the first one made instead of making another;
+`admit` also says which happened, for the API's 202 or 200.
+
 The backend is picked once, at start-up, from `JOBS_BACKEND`.
 """
 
+import hashlib
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..context import request_id_var, subject_var
-from .models import JobRequest, JobState
+from .models import IdempotencyClaim, JobRequest, JobState
 from .registry import find_job
 from .watch import JobWatch
 
@@ -54,9 +61,19 @@ class JobBackend(Protocol):
     name: str
     events: JobEvents
 
-    async def submit(self, job: JobRequest, run_after_response: RunAfterResponse) -> None:
-        """Record the job as queued and hand it on; raise JobBackendUnavailableError
-        when that is not possible right now."""
+    async def submit(
+        self,
+        job: JobRequest,
+        run_after_response: RunAfterResponse,
+        claim: IdempotencyClaim | None = None,
+    ) -> str:
+        """Record the job as queued and hand it on, and return its id; raise
+        JobBackendUnavailableError when that is not possible right now.
+
+        Admission, decided atomically with the queueing (no read-then-write): with a
+        `claim` whose key already names a job, return that job's id and queue nothing,
+        or raise IdempotencyKeyReusedError if its request hash differs; else, while
+        `MAX_QUEUED_JOBS` jobs wait, raise QueueFullError and queue nothing."""
 
     async def get(self, job_id: str) -> JobState | None:
         """The job's state, or None for an id this backend never issued."""
@@ -101,6 +118,27 @@ class JobBackend(Protocol):
         issued. Raise JobBackendUnavailableError when the store cannot be reached."""
 
 
+@dataclass(frozen=True)
+class Admission:
+    """A submission's outcome: the job's id, and whether this submission made it
+    (false: its idempotency key named a job made before)."""
+
+    id: str
+    created: bool
+
+
+def idempotency_claim(
+    key: str, subject: str | None, name: str, params: Mapping[str, Any]
+) -> IdempotencyClaim:
+    """The claim a key makes. Scoped to the subject: two clients that pick the same
+    key (`retry-1`) must neither share a job nor learn of each other's. The request hash
+    is of the job as validated (name and params), so a body that differs only in
+    spacing, key order or a default spelt out is the same request."""
+    scoped = hashlib.sha256(f"{subject or ''}\n{key}".encode()).hexdigest()
+    request = json.dumps([name, dict(params)], sort_keys=True, separators=(",", ":"))
+    return IdempotencyClaim(scoped, hashlib.sha256(request.encode()).hexdigest())
+
+
 class JobQueue:
     """A backend bound to one request's after-response hook."""
 
@@ -108,18 +146,35 @@ class JobQueue:
         self._backend = backend
         self._run_after_response = run_after_response
 
-    async def submit(self, name: str, params: Mapping[str, Any]) -> str:
+    async def submit(
+        self, name: str, params: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> str:
+        """The job's id: a new job, or the one `idempotency_key` made before."""
+        return (await self.admit(name, params, idempotency_key=idempotency_key)).id
+
+    async def admit(
+        self, name: str, params: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> Admission:
+        """`submit`, saying also whether the job is new. Raises QueueFullError while
+        MAX_QUEUED_JOBS jobs wait, IdempotencyKeyReusedError for a key seen with
+        another job or params."""
         find_job(name)  # an unknown name fails here, in the request, on any backend
+        subject = subject_var.get()
         job = JobRequest(
             id=uuid.uuid4().hex,
             name=name,
             params=dict(params),
             request_id=request_id_var.get(),
-            subject=subject_var.get(),
+            subject=subject,
         )
-        await self._backend.submit(job, self._run_after_response)
+        claim = None
+        if idempotency_key is not None:
+            claim = idempotency_claim(idempotency_key, subject, name, job.params)
+        job_id = await self._backend.submit(job, self._run_after_response, claim)
+        if job_id != job.id:
+            return Admission(job_id, created=False)
         self._backend.events.submitted(name)
-        return job.id
+        return Admission(job.id, created=True)
 
     async def cancel(self, job_id: str) -> JobState | None:
         return await self._backend.cancel(job_id)
