@@ -116,6 +116,7 @@ async def cancel_job(job_id: str, jobs: JobQueueDep) -> JobState:
         202: {"description": "The new job, queued; follow it at `Location`.", "headers": LOCATION},
         **CONFLICT,
         **NOT_FOUND,
+        **QUEUE_FULL,
         **UNAVAILABLE,
     },
     {%- if cookiecutter.auth == "jwt" %}
