@@ -9,7 +9,8 @@ Loops, alternated round by round, best round each, as CPU time of this process p
 state and states per wall-clock second:
 
 - `progress SET`: the PROGRESS write before, one SET.
-- `progress SET+PUBLISH`: `celery_app.write_state` now, SET and PUBLISH in one pipeline.
+- `progress SET+PUBLISH`: `celery_app.write_state` now: one script that stores the
+  state unless the job is final, publishes it and reads the cancel flag.
 - `queued x16 SET+LPUSH`: the QUEUED record and message of 16 jobs in one pipeline, as
   `QueuePublisher._send` sends a batch under load (per job).
 - `queued x16 SET+LPUSH+PUBLISH`: the same with a PUBLISH of each QUEUED record.

@@ -270,10 +270,10 @@ def write_state(store: RedisBackend, job_id: str, state: str, progress: int, exp
     `celery_backend.QueuePublisher`.)
 
     The state is published on its key's channel, as Celery's own `RedisBackend.set`
-    does, for the followers of `GET /jobs/{id}/events` (redis_watch.py). Measured
-    apart, before they joined in one script: the final-state guard cost 36 us a call
-    against 29 us for a plain SET; the PUBLISH 50 us against 28 us for the SET alone
-    (bench/state_publish_cost.py), at most 2 ms for a job reporting every percent.
+    does, for the followers of `GET /jobs/{id}/events` (redis_watch.py). The whole
+    script cost the worker 47-63 us of CPU a report against 32 us for a plain SET
+    (bench/state_publish_cost.py, two runs on a busy machine): at most about 3 ms for
+    a job reporting every percent, for three guarantees in one round trip.
 
     Returns whether the job was cancelled: its cancel flag, read by the same script,
     costs no round trip more."""
