@@ -106,11 +106,14 @@ def admission_api(
             return
         {%- endif %}
         store: InMemoryJobStore = app.state.job_backend.store
-        blocker = http.post("/reports", json={"rows": 1, "simulate_seconds": 2}).json()["id"]
+        # 20 rows: it reports progress every 0.1 s, so a cancel ends it at once.
+        blocker = http.post("/reports", json={"rows": 20, "simulate_seconds": 2}).json()["id"]
         wait_until(lambda: http.get(f"/jobs/{blocker}").json()["status"] == "running", 10, "")
         yield AdmissionApi(
             http, "inprocess", store.queued_count, lambda: len(store) - 1, lambda: None
         )
+        # Not waited for at shutdown (2 s a test otherwise); a test may have ended it.
+        http.delete(f"/jobs/{blocker}")
 
 
 def test_concurrent_identical_submissions_with_one_key_make_one_job(
