@@ -286,7 +286,7 @@ def test_a_finished_job_streams_its_final_state_and_ends(events_api: EventsApi) 
 @pytest.mark.parametrize("backend", JOB_BACKENDS)
 def test_a_cancel_before_the_job_starts_ends_its_stream(backend: str, tmp_path: Path) -> None:
     """Nothing has to take the job first: the stream of a queued job ends `cancelled` as
-    soon as it is cancelled (in-process: its only slot is busy; Celery: no worker runs)."""
+    soon as it is cancelled (in-process: its only slot is busy{% if cookiecutter.job_backend == "celery" %}; Celery: no worker runs{% endif %})."""
     with ExitStack() as stack:
         overrides: dict[str, Any] = {"jobs_backend": backend, "inprocess_job_concurrency": 1}
         {%- if cookiecutter.job_backend == "celery" %}

@@ -28,8 +28,8 @@ from prometheus_client.samples import Sample
 from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.factory import create_app
-from {{ cookiecutter.package_name }}.observability.metric_families import (
-    Exposition,
+from {{ cookiecutter.package_name }}.observability import (
+    metric_families,
 )
 from tests import support
 {%- if cookiecutter.job_backend == "celery" %}
@@ -231,7 +231,7 @@ def test_a_scrape_leaves_out_a_process_file_not_sized_yet(tmp_path: Path) -> Non
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", count_three], env=env, check=True, timeout=60)
     (tmp_path / "counter_102.db").touch()  # opened by its process, not sized yet
-    families = parse(Exposition(CollectorRegistry(), tmp_path).render().decode())
+    families = parse(metric_families.Exposition(CollectorRegistry(), tmp_path).render().decode())
     assert value(families, "jobs_submitted_total", job="build_report") == 3
 
 

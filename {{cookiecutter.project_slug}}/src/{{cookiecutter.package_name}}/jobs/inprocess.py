@@ -12,8 +12,8 @@ Nothing else to run, which suits development and small deployments. The limits:
   (`--timeout-graceful-shutdown`) to finish; queued jobs never start and are marked
   failed, saying so; a second signal stops the process at once; a hard kill loses all;
 - cancelling a running job asks it to stop at its next progress report; a thread
-  cannot be killed, so a job that never reports runs to its end (Celery terminates
-  such a job after `JOB_CANCEL_GRACE_SECONDS`);
+  cannot be killed, so a job that never reports runs to its end{% if cookiecutter.job_backend == "celery" %} (Celery terminates
+  such a job after `JOB_CANCEL_GRACE_SECONDS`){% endif %};
 - a finished job stays readable for `JOB_RETENTION_SECONDS`, and at most
   `INPROCESS_MAX_FINISHED_JOBS` finished jobs are kept (the oldest go first), which
   bounds their memory: 0.43 KB each for the example job, 2.1 MB at the default
