@@ -5,8 +5,9 @@ import time
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, BackgroundTasks, Request, WebSocket
+from fastapi import APIRouter, BackgroundTasks, Request, Response, WebSocket
 
+from {{ cookiecutter.package_name }}.api import dependencies
 from {{ cookiecutter.package_name }}.context import request_id_var
 from {{ cookiecutter.package_name }}.middleware import access_log
 
@@ -97,5 +98,21 @@ def probe_router(recorder: Recorder) -> APIRouter:
         await websocket.accept()
         await websocket.send_text(request_id_var.get() or "")
         await websocket.close()
+
+    return router
+
+
+def job_router() -> APIRouter:
+    """Submits any registered job (the tests' own too) with the request's params, as a
+    route of the service would."""
+    router = APIRouter()
+
+    @router.post("/test/jobs/{name}", status_code=202)
+    async def submit(
+        name: str, params: dict[str, Any], jobs: dependencies.JobQueueDep, response: Response
+    ) -> dict[str, str]:
+        job_id = await jobs.submit(name, params)
+        response.headers["Location"] = f"/jobs/{job_id}"
+        return {"id": job_id}
 
     return router

@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 import sentry_sdk
-from fastapi import APIRouter, FastAPI, HTTPException, Response
+from fastapi import APIRouter, FastAPI, HTTPException
 from starlette.testclient import TestClient
 
-from {{ cookiecutter.package_name }}.api import dependencies
 from {{ cookiecutter.package_name }}.factory import create_app
-from tests import failing_jobs
+from tests import failing_jobs, probes
 {%- if cookiecutter.job_backend == "celery" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
@@ -133,17 +132,9 @@ EXPLODE = f"/test/jobs/{failing_jobs.explode.__name__}"
 
 
 def job_router() -> APIRouter:
-    """Submits any registered job with the request's params, as a route of the service
-    would."""
-    router = APIRouter()
-
-    @router.post("/test/jobs/{name}", status_code=202)
-    async def submit(
-        name: str, params: dict[str, Any], jobs: dependencies.JobQueueDep, response: Response
-    ) -> dict[str, str]:
-        job_id = await jobs.submit(name, params)
-        response.headers["Location"] = f"/jobs/{job_id}"
-        return {"id": job_id}
+    """The tests' job route (probes.py), and a route that fails as one whose own
+    dependency is down."""
+    router = probes.job_router()
 
     @router.get("/test/unavailable")
     async def unavailable() -> None:

@@ -20,11 +20,9 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-from fastapi import APIRouter, Response
 
-from {{ cookiecutter.package_name }}.api import dependencies
 from {{ cookiecutter.package_name }}.factory import create_app
-from tests import cancellable_jobs  # registers the tests' jobs in this process
+from tests import cancellable_jobs, probes  # cancellable_jobs registers the tests' jobs
 {%- if cookiecutter.job_backend == "celery" %}
 from tests.celery_processes import RedisServer, WorkerProcess, running_worker
 {%- endif %}
@@ -48,21 +46,6 @@ FOUR_ROW_TOTAL = 17514
 TEST_JOBS = cancellable_jobs.__name__
 WITH_TEST_JOBS = {"PYTHONPATH": os.pathsep.join([str(SOURCE_ROOT), str(SOURCE_ROOT.parent)])}
 {%- endif %}
-
-
-def job_router() -> APIRouter:
-    """Submits any registered job with the posted params: the tests' own jobs."""
-    router = APIRouter()
-
-    @router.post("/test/jobs/{name}", status_code=202)
-    async def submit(
-        name: str, params: dict[str, Any], jobs: dependencies.JobQueueDep, response: Response
-    ) -> dict[str, str]:
-        job_id = await jobs.submit(name, params)
-        response.headers["Location"] = f"/jobs/{job_id}"
-        return {"id": job_id}
-
-    return router
 
 
 @dataclass
@@ -131,7 +114,7 @@ def control_api(request: pytest.FixtureRequest, logs: LogCapture) -> Iterator[Co
     {%- endif %}
     app = create_app(make_settings(**overrides))
     logs.install()
-    app.include_router(job_router())
+    app.include_router(probes.job_router())
     with (
         live_server(app) as url,
         httpx.Client(base_url=url, headers=AUTH_HEADERS, timeout=10) as http,
@@ -321,7 +304,7 @@ def celery_api(redis_url: str, logs: LogCapture, **settings: Any) -> Iterator[ht
     """The API on the Celery backend, served by a real uvicorn, and a client for it."""
     app = create_app(make_settings(jobs_backend="celery", redis_url=redis_url, **settings))
     logs.install()
-    app.include_router(job_router())
+    app.include_router(probes.job_router())
     with (
         live_server(app) as url,
         httpx.Client(base_url=url, headers=AUTH_HEADERS, timeout=10) as http,
