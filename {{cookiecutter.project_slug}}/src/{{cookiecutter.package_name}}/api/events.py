@@ -5,7 +5,8 @@ rather than framing of our own. The stream goes through the pure-ASGI stack unto
 each event is sent as it happens, the access line is written when the stream ends (with
 its true duration), and a client that leaves cancels the stream at once, which stops
 following the job (tests/test_job_events.py checks each). An access line written after
-a `BaseHTTPMiddleware`'s `call_next` would come when the stream starts, not when it ends.
+`call_next` in Starlette's base HTTP middleware class would come when the stream starts,
+not when it ends.
 
 A browser's `EventSource` reconnects whenever a stream ends: close it on a final status.
 """
