@@ -46,7 +46,7 @@ class Feature:
 FEATURES: tuple[Feature, ...] = (
     Feature(
         option="job_backend",
-        values=("celery",),
+        values=("celery", "celery-rabbitmq"),
         paths=(
             "src/{package_name}/worker.py",
             "src/{package_name}/beat.py",
@@ -135,9 +135,17 @@ def dependency_options() -> tuple[str, ...]:
     return tuple(sorted({feature.option for feature in FEATURES if feature.dependencies}))
 
 
+# Answers with the same dependencies as another answer, and so the same lock: RabbitMQ's
+# client (py-amqp) comes with Celery's own kombu, which every Celery bake has.
+SAME_LOCK_AS = {("job_backend", "celery-rabbitmq"): "celery"}
+
+
 def lock_name(answers: Mapping[str, Any]) -> str:
     """The template's lock file for these answers, e.g. `job_backend-celery.lock`."""
-    parts = [f"{option}-{str(answers.get(option)).lower()}" for option in dependency_options()]
+    parts = []
+    for option in dependency_options():
+        answer = str(answers.get(option)).lower()
+        parts.append(f"{option}-{SAME_LOCK_AS.get((option, answer), answer)}")
     return "+".join(parts) + ".lock"
 
 
@@ -203,7 +211,7 @@ def local_env_file(answers: Mapping[str, Any]) -> str | None:
     lines = []
     if answers.get("auth") == "token":
         lines.append(f"API_TOKEN={secrets.token_urlsafe(32)}")
-    if answers.get("job_backend") == "celery":
+    if answers.get("job_backend") != "inprocess":
         lines.append(f"FLOWER_PASSWORD={secrets.token_urlsafe(24)}")
     if not lines:
         return None

@@ -66,7 +66,7 @@ def suite_seconds(case: Case) -> float:
     real workers, beat and Redis outages, about 290 s; an in-process one about 100 s."""
     if case.suite:
         return 60
-    return 290 if case.job_backend == "celery" else 100
+    return 290 if case.job_backend != "inprocess" else 100
 
 
 def files_text(baked: Baked) -> Iterator[tuple[Path, str]]:

@@ -1,5 +1,5 @@
 """Smoke test of a running stack (`docker compose up`): the API is live and ready, and a
-job submitted to it is finished{% if cookiecutter.job_backend == "celery" %} by a worker{% endif %}.
+job submitted to it is finished{% if cookiecutter.job_backend != "inprocess" %} by a worker{% endif %}.
 
     python scripts/smoke.py [BASE_URL]        (default http://127.0.0.1:8000)
 
@@ -25,7 +25,7 @@ import urllib.request
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-START_TIMEOUT = 120.0  # a cold stack: the image starting{% if cookiecutter.job_backend == "celery" %}, Redis, the worker joining{% endif %}
+START_TIMEOUT = 120.0  # a cold stack: the image starting{% if cookiecutter.job_backend != "inprocess" %}, Redis, the worker joining{% endif %}
 JOB_TIMEOUT = 60.0
 
 

@@ -1,4 +1,4 @@
-"""Jobs for the cancel tests, registered on import{% if cookiecutter.job_backend == "celery" %}: by the tests, and by a worker
+"""Jobs for the cancel tests, registered on import{% if cookiecutter.job_backend != "inprocess" %}: by the tests, and by a worker
 started with `--include tests.cancellable_jobs`{% endif %}."""
 
 import time

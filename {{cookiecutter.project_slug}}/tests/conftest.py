@@ -1,8 +1,8 @@
-{% if cookiecutter.job_backend == "celery" -%}
+{% if cookiecutter.job_backend != "inprocess" -%}
 import os
 {% endif -%}
 from collections.abc import Iterator
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from pathlib import Path
 {%- endif %}
 
@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.factory import create_app
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from tests.celery_processes import RedisServer, WorkerProcess, redis_server, running_worker
 {%- endif %}
 from tests.probes import Recorder, probe_router
@@ -57,7 +57,7 @@ def probe_app(app: FastAPI, recorder: Recorder) -> FastAPI:
 def probe_client(probe_app: FastAPI) -> Iterator[TestClient]:
     with TestClient(probe_app, headers=AUTH_HEADERS) as test_client:
         yield test_client
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Jobs that fail, for the error-reporting tests, registered on import{% if cookiecutter.job_backend == "celery" %}: by the tests,
+"""Jobs that fail, for the error-reporting tests, registered on import{% if cookiecutter.job_backend != "inprocess" %}: by the tests,
 and by a worker started with `--include tests.failing_jobs`{% endif %}."""
 
 from pathlib import Path

@@ -1,5 +1,5 @@
 """Reading the runs of the tests' one-second schedule (`every-second`) from JSON log
-lines, for the tests of the schedule{% if cookiecutter.job_backend == "celery" %}, in-process and on Celery beat{% endif %}."""
+lines, for the tests of the schedule{% if cookiecutter.job_backend != "inprocess" %}, in-process and on Celery beat{% endif %}."""
 
 import re
 from collections.abc import Callable

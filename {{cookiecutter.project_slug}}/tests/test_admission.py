@@ -1,4 +1,4 @@
-{% if cookiecutter.job_backend == "celery" -%}
+{% if cookiecutter.job_backend != "inprocess" -%}
 """Admission of job submissions, on every backend, against a real server (and, for
 Celery, a real Redis and a real worker): `Idempotency-Key` makes a submission safe to
 send again, and `MAX_QUEUED_JOBS` refuses work the service cannot take (429)."""
@@ -11,7 +11,7 @@ take (429)."""
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from contextlib import ExitStack
 {%- endif %}
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 import redis
 {%- endif %}
 
@@ -31,12 +31,12 @@ from {{ cookiecutter.package_name }}.jobs.inprocess import (
 from {{ cookiecutter.package_name }}.jobs.queue import (
     idempotency_claim,
 )
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, wait_until
 
-JOB_BACKENDS = ["inprocess"{% if cookiecutter.job_backend == "celery" %}, "celery"{% endif %}]
+JOB_BACKENDS = ["inprocess"{% if cookiecutter.job_backend != "inprocess" %}, "celery"{% endif %}]
 MAX_QUEUED = 5
 CONCURRENT = 20
 REPORT = {"rows": 3, "simulate_seconds": 0}
@@ -45,7 +45,7 @@ REPORT = {"rows": 3, "simulate_seconds": 0}
 @dataclass
 class AdmissionApi:
     """A served API with `MAX_QUEUED_JOBS=5` whose jobs wait until `let_jobs_run()`:
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     on Celery no worker runs yet; in-process, the only job slot is held by a job that
     lasts 2 s and ends by itself."""
     {%- else %}
@@ -75,7 +75,7 @@ def admission_api(
 ) -> Iterator[AdmissionApi]:
     # In-process, one slot: the job the fixture starts holds it.
     settings: dict[str, Any] = {"max_queued_jobs": MAX_QUEUED, "inprocess_job_concurrency": 1}
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     if request.param == "celery":
         # A Redis of this test's own: it counts every message and key in it.
         server: RedisServer = request.getfixturevalue("private_redis")
@@ -84,13 +84,13 @@ def admission_api(
     app = create_app(make_settings(**settings))
     logs.install()
     with (
-        {%- if cookiecutter.job_backend == "celery" %}
+        {%- if cookiecutter.job_backend != "inprocess" %}
         ExitStack() as stack,
         {%- endif %}
         live_server(app) as url,
         httpx.Client(base_url=url, headers=AUTH_HEADERS, timeout=10) as http,
     ):
-        {%- if cookiecutter.job_backend == "celery" %}
+        {%- if cookiecutter.job_backend != "inprocess" %}
         if request.param == "celery":
             client = stack.enter_context(redis.Redis.from_url(server.url))
 
@@ -238,7 +238,7 @@ def test_a_retry_refused_by_a_full_queue_can_be_sent_again(admission_api: Admiss
     new_id = retried.json()["id"]
     assert admission_api.http.get(f"/jobs/{cancelled}").json()["retried_as"] == new_id
     wait_until(lambda: admission_api.status(new_id) == "succeeded", 30, "the retry to run")
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 def test_submissions_go_on_after_redis_forgets_its_scripts(

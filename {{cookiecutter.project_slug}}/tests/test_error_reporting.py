@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.factory import create_app
 from tests import failing_jobs, probes
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
 from tests.probes import Recorder, probe_router
@@ -28,10 +28,10 @@ from tests.support import (
     AUTH_ENV,
     AUTH_HEADERS,
     PACKAGE,
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     SOURCE_ROOT,
     {%- endif %}
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     free_port,
     {%- endif %}
     make_settings,
@@ -233,7 +233,7 @@ def test_a_failed_in_process_job_is_reported_with_its_request_id(sink: EnvelopeS
     [event] = sink.tagged("job-1")
     assert event["exception"]["values"][-1]["value"] == "the job broke"
     assert_no_secret_in(sink)
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 @pytest.mark.usefixtures("reporting")
@@ -298,7 +298,7 @@ def test_a_job_that_fails_in_a_prefork_worker_is_reported_with_its_request_id(
 
 
 def test_without_a_dsn_sentry_sdk_is_not_even_imported(tmp_path: Path) -> None:
-    modules = [f"{PACKAGE}.main"{% if cookiecutter.job_backend == "celery" %}, f"{PACKAGE}.worker"{% endif %}]
+    modules = [f"{PACKAGE}.main"{% if cookiecutter.job_backend != "inprocess" %}, f"{PACKAGE}.worker"{% endif %}]
     code = f"import sys, {', '.join(modules)}; print('sentry_sdk' in sys.modules)"
     environment = {
         **with_source_on_path(os.environ),

@@ -9,7 +9,7 @@ def test_api_check_passes_while_the_api_serves_and_fails_after() -> None:
     with live_server(create_app(make_settings(jobs_backend="inprocess"))) as url:
         assert healthcheck.api_answers(f"{url}/health/live")
     assert not healthcheck.api_answers(f"{url}/health/live")
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 def test_worker_is_recognised_from_its_command_line() -> None:

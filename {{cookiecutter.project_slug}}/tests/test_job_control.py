@@ -1,17 +1,17 @@
 """Cancel and retry (`DELETE /jobs/{id}`, `POST /jobs/{id}/retry`): the same tests on
 every backend, against a real server
-{%- if cookiecutter.job_backend == "celery" %} and, for Celery, a real worker on a real Redis;
+{%- if cookiecutter.job_backend != "inprocess" %} and, for Celery, a real worker on a real Redis;
 then what only Celery does: terminating a job that ignores its cancel, and never running a
 cancelled job again, after a worker restart or a worker's crash
 {%- endif %}."""
 
-{% if cookiecutter.job_backend == "celery" -%}
+{% if cookiecutter.job_backend != "inprocess" -%}
 import os
 {% endif -%}
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from contextlib import contextmanager
 {%- endif %}
 from dataclasses import dataclass
@@ -23,12 +23,12 @@ import pytest
 
 from {{ cookiecutter.package_name }}.factory import create_app
 from tests import cancellable_jobs, probes  # cancellable_jobs registers the tests' jobs
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from tests.celery_processes import RedisServer, WorkerProcess, running_worker
 {%- endif %}
 from tests.support import (
     AUTH_HEADERS,
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
     SOURCE_ROOT,
 {%- endif %}
     LogCapture,
@@ -37,11 +37,11 @@ from tests.support import (
     wait_until,
 )
 
-JOB_BACKENDS = ["inprocess"{% if cookiecutter.job_backend == "celery" %}, "celery"{% endif %}]
+JOB_BACKENDS = ["inprocess"{% if cookiecutter.job_backend != "inprocess" %}, "celery"{% endif %}]
 FINAL = {"succeeded", "failed", "cancelled"}
 # Four rows of synthetic amounts (see jobs/reports.py).
 FOUR_ROW_TOTAL = 17514
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 # A worker that imports `tests.cancellable_jobs`: the project root beside the source.
 TEST_JOBS = cancellable_jobs.__name__
 WITH_TEST_JOBS = {"PYTHONPATH": os.pathsep.join([str(SOURCE_ROOT), str(SOURCE_ROOT.parent)])}
@@ -86,7 +86,7 @@ class ControlApi:
 
     def started(self, job_id: str) -> bool:
         return any(" started" in m and "before it started" not in m for m in self.messages(job_id))
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def control_api(request: pytest.FixtureRequest, logs: LogCapture) -> Iterator[Co
     # One job at a time on either backend: a second one waits, queued.
     overrides: dict[str, Any] = {"jobs_backend": request.param, "inprocess_job_concurrency": 1}
     job_log = logs.records
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     if request.param == "celery":
         worker = request.getfixturevalue("control_worker")
         overrides["redis_url"] = worker.redis_url
@@ -296,7 +296,7 @@ def test_ten_retries_at_once_make_one_new_job(control_api: ControlApi) -> None:
     (accepted,) = [r for r in responses if r.status_code == 202]
     assert control_api.state(failed_id)["retried_as"] == accepted.json()["id"]
     control_api.wait_for(accepted.json()["id"], FINAL)
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 @contextmanager

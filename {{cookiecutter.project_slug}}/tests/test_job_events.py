@@ -23,19 +23,19 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 import redis
 {%- endif %}
 from fastapi import FastAPI
 
 from {{ cookiecutter.package_name }}.api import events
 from {{ cookiecutter.package_name }}.factory import create_app
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from tests.celery_processes import redis_server, running_worker
 {%- endif %}
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, wait_until
 
-JOB_BACKENDS = ["inprocess"{% if cookiecutter.job_backend == "celery" %}, "celery"{% endif %}]
+JOB_BACKENDS = ["inprocess"{% if cookiecutter.job_backend != "inprocess" %}, "celery"{% endif %}]
 ORDER = ["queued", "running", "succeeded"]
 
 
@@ -71,7 +71,7 @@ class EventsApi:
     app: FastAPI
     http: httpx.Client
     backend: str
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     redis_url: str | None
     {%- endif %}
 
@@ -83,8 +83,8 @@ class EventsApi:
 
     def followers(self, job_id: str) -> int:
         """How many followers of the job the server holds: the in-process store's
-        waiters{% if cookiecutter.job_backend == "celery" %}, or Redis's own count of subscribers to the job's channel{% endif %}."""
-        {%- if cookiecutter.job_backend == "celery" %}
+        waiters{% if cookiecutter.job_backend != "inprocess" %}, or Redis's own count of subscribers to the job's channel{% endif %}."""
+        {%- if cookiecutter.job_backend != "inprocess" %}
         if self.redis_url is not None:
             client = redis.Redis.from_url(self.redis_url)
             try:
@@ -112,7 +112,7 @@ def events_api(request: pytest.FixtureRequest, logs: LogCapture) -> Iterator[Eve
         "rate_limit": "1000/minute",
         "cors_allow_origins": ["https://app.example"],
     }
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     redis_url = None
     if request.param == "celery":
         worker = request.getfixturevalue("celery_worker")
@@ -124,7 +124,7 @@ def events_api(request: pytest.FixtureRequest, logs: LogCapture) -> Iterator[Eve
         live_server(app) as url,
         httpx.Client(base_url=url, headers=AUTH_HEADERS, timeout=30) as http,
     ):
-        yield EventsApi(app, http, request.param{% if cookiecutter.job_backend == "celery" %}, redis_url{% endif %})
+        yield EventsApi(app, http, request.param{% if cookiecutter.job_backend != "inprocess" %}, redis_url{% endif %})
 
 
 def test_the_events_arrive_in_order_and_end_with_the_final_state(events_api: EventsApi) -> None:
@@ -222,7 +222,7 @@ def test_a_client_that_leaves_stops_the_following_within_a_second(
 
 def test_clients_of_one_job_share_one_subscription(events_api: EventsApi) -> None:
     """Three clients of one job: each gets every change
-    {%- if cookiecutter.job_backend == "celery" %}, and the server follows the
+    {%- if cookiecutter.job_backend != "inprocess" %}, and the server follows the
     job once (one Redis subscription per process; in-process, one waiter per client)
     {%- else %} (one waiter per client in the store)
     {%- endif %}."""
@@ -236,7 +236,7 @@ def test_clients_of_one_job_share_one_subscription(events_api: EventsApi) -> Non
         streams = [Stream(r) for r in (first, second, third)]
         for stream in streams:
             stream.read(stop_after=1)
-        {%- if cookiecutter.job_backend == "celery" %}
+        {%- if cookiecutter.job_backend != "inprocess" %}
         expected = 1 if events_api.backend == "celery" else 3
         {%- else %}
         expected = 3
@@ -286,10 +286,10 @@ def test_a_finished_job_streams_its_final_state_and_ends(events_api: EventsApi) 
 @pytest.mark.parametrize("backend", JOB_BACKENDS)
 def test_a_cancel_before_the_job_starts_ends_its_stream(backend: str, tmp_path: Path) -> None:
     """Nothing has to take the job first: the stream of a queued job ends `cancelled` as
-    soon as it is cancelled (in-process: its only slot is busy{% if cookiecutter.job_backend == "celery" %}; Celery: no worker runs{% endif %})."""
+    soon as it is cancelled (in-process: its only slot is busy{% if cookiecutter.job_backend != "inprocess" %}; Celery: no worker runs{% endif %})."""
     with ExitStack() as stack:
         overrides: dict[str, Any] = {"jobs_backend": backend, "inprocess_job_concurrency": 1}
-        {%- if cookiecutter.job_backend == "celery" %}
+        {%- if cookiecutter.job_backend != "inprocess" %}
         if backend == "celery":
             overrides["redis_url"] = stack.enter_context(redis_server(tmp_path)).url
         {%- endif %}
@@ -310,7 +310,7 @@ def test_a_cancel_before_the_job_starts_ends_its_stream(backend: str, tmp_path: 
         http.delete(f"/jobs/{busy}")  # ends at its next progress report
     assert [s["status"] for s in stream.states] == ["queued", "cancelled"]
     assert stream.ended_at > 0
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 def test_a_stream_outlives_a_redis_restart(tmp_path: Path, logs: LogCapture) -> None:

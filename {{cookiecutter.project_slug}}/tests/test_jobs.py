@@ -15,7 +15,7 @@ from {{ cookiecutter.package_name }}.api import dependencies
 from {{ cookiecutter.package_name }}.factory import create_app
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings
 
-JOB_BACKENDS = ["inprocess"{% if cookiecutter.job_backend == "celery" %}, "celery"{% endif %}]
+JOB_BACKENDS = ["inprocess"{% if cookiecutter.job_backend != "inprocess" %}, "celery"{% endif %}]
 FINAL = {"succeeded", "failed"}
 # Four rows of synthetic amounts (see jobs/reports.py): 0, 7919, 5838 and 3757 cents.
 FOUR_ROW_REPORT = {
@@ -65,7 +65,7 @@ class JobsApi:
 def jobs_api(request: pytest.FixtureRequest, logs: LogCapture) -> Iterator[JobsApi]:
     overrides: dict[str, Any] = {"jobs_backend": request.param}
     job_log = logs.records
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     if request.param == "celery":
         worker = request.getfixturevalue("celery_worker")
         overrides["redis_url"] = worker.redis_url

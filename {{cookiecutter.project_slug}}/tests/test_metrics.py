@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from contextlib import AbstractContextManager
 {%- endif %}
 from pathlib import Path
@@ -32,7 +32,7 @@ from {{ cookiecutter.package_name }}.observability import (
     metric_families,
 )
 from tests import support
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from tests.celery_processes import RedisServer, WorkerProcess, running_worker
 {%- endif %}
 
@@ -238,7 +238,7 @@ def test_a_scrape_leaves_out_a_process_file_not_sized_yet(tmp_path: Path) -> Non
 def counting_pids(root: Path) -> set[str]:
     """The processes that have counted a request, from their multiprocess files."""
     return {path.stem.rpartition("_")[2] for path in root.glob("*-metrics-*/*/counter_*.db")}
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 def worker_scrape(worker: WorkerProcess) -> Families:

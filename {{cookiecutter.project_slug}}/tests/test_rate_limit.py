@@ -6,14 +6,14 @@ handlers); a `BaseHTTPMiddleware` would run the app in another task and cost abo
 0.2 ms a request, more than the limit check itself.
 """
 
-{% if cookiecutter.job_backend == "celery" -%}
+{% if cookiecutter.job_backend != "inprocess" -%}
 import time
 {% endif -%}
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 import redis
 {%- endif %}
 from fastapi import FastAPI
@@ -23,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from {{ cookiecutter.package_name }}.factory import create_app
 from {{ cookiecutter.package_name }}.middleware import rate_limit
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from tests.celery_processes import RedisServer
 {%- endif %}
 from tests.probes import Recorder, probe_router
@@ -129,7 +129,7 @@ async def test_memory_keeps_the_counts_of_the_current_window_only() -> None:
     assert await counts.hit("addr:192.0.2.1", window=7, window_seconds=60) == 2
     assert await counts.hit("addr:192.0.2.1", window=8, window_seconds=60) == 1
     assert len(counts.counts) == 1
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 def redis_app(logs: LogCapture, server: RedisServer) -> FastAPI:

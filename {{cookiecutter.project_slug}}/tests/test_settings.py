@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from {{ cookiecutter.package_name }}.settings import Settings
-{%- if cookiecutter.job_backend == "celery" and cookiecutter.auth != "none" %}
+{%- if cookiecutter.job_backend != "inprocess" and cookiecutter.auth != "none" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
 from tests.support import PACKAGE, free_port, make_settings, with_source_on_path
@@ -41,7 +41,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("max_request_body_bytes", -1),
         # Metrics (issue 9)
         ("metrics_public", "sometimes"),
-        {%- if cookiecutter.job_backend == "celery" %}
+        {%- if cookiecutter.job_backend != "inprocess" %}
         ("worker_metrics_port", 65536),
         ("worker_metrics_port", -1),
         ("worker_metrics_port", ""),
@@ -125,7 +125,7 @@ def serve_command() -> list[str]:
         # CORS, rate limits, proxies (issue 11)
         ("RATE_LIMIT", "lots"),
         ("FORWARDED_ALLOW_IPS", "10.0.0.l"),
-        {%- if cookiecutter.job_backend == "celery" %}
+        {%- if cookiecutter.job_backend != "inprocess" %}
         ("JOB_CANCEL_GRACE_SECONDS", "soon"),
         {%- endif %}
         {%- if cookiecutter.auth == "token" %}
@@ -148,7 +148,7 @@ def test_a_bad_setting_stops_the_server_with_one_line_naming_it(
     assert variable in lines[0]
     assert value not in lines[0]
     assert "Traceback" not in lines[0]
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 def worker_command() -> list[str]:

@@ -1,4 +1,4 @@
-"""Traces leave the processes as a collector receives them: real servers{% if cookiecutter.job_backend == "celery" %} and a real worker{% endif %}
+"""Traces leave the processes as a collector receives them: real servers{% if cookiecutter.job_backend != "inprocess" %} and a real worker{% endif %}
 exporting OTLP/HTTP to a receiver of the tests' own on loopback (`otlp_receiver.py`).
 
 The tracing layer is OpenTelemetry's pure-ASGI middleware, outermost. As a
@@ -29,7 +29,7 @@ from {{ cookiecutter.package_name }} import (
 from {{ cookiecutter.package_name }}.logs import configure_logging
 from {{ cookiecutter.package_name }}.observability import tracing
 from tests import otlp_receiver as otlp
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
 from tests.support import (
@@ -205,7 +205,7 @@ def test_without_an_endpoint_no_exporter_thread_or_connection_exists(tmp_path: P
     assert not any(name.startswith("Otel") for name in silent["threads"]), silent
     assert silent["ports"] == []
     assert not any(s.service == "probe-silent" for s in receiver.spans())
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 def test_a_job_is_one_trace_from_the_request_through_the_worker(

@@ -65,7 +65,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.warning(
             "in-process jobs with %d server workers: each worker keeps its own jobs, so "
             "GET /jobs/{id} can miss a job another worker runs"
-            {%- if cookiecutter.job_backend == "celery" %}
+            {%- if cookiecutter.job_backend != "inprocess" %}
             "; use JOBS_BACKEND=celery"
             {%- endif %},
             settings.web_concurrency,
@@ -76,11 +76,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     warn_if_proxies_setting_is_unread(settings)
     logger.info("service started; heavy jobs run on the %s backend", backend.name)
     # Periodic jobs: in-process, this process runs them (once per host)
-    {%- if cookiecutter.job_backend == "celery" %}; on Celery,
+    {%- if cookiecutter.job_backend != "inprocess" %}; on Celery,
     # `celery beat` does, and the API has nothing to do
     {%- endif %}.
     schedule: tuple[ScheduledJob, ...] = app.state.schedule if backend.name == "inprocess" else ()
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     if app.state.schedule and not schedule:
         logger.info("periodic jobs: run by `celery beat` (%s.beat), not here", __package__)
     {%- endif %}

@@ -1,5 +1,5 @@
 """The image's HEALTHCHECK (`python -m <package>.healthcheck`): exit 0 when healthy.
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 The API, the Celery worker and Celery beat run from the same image (compose.yaml gives
 the worker and beat their own commands), so one check must suit all three: a container
@@ -14,19 +14,19 @@ Healthy when the API answers `/health/live` on the port the image's command serv
 {%- endif %}
 """
 
-{% if cookiecutter.job_backend == "celery" -%}
+{% if cookiecutter.job_backend != "inprocess" -%}
 import socket
 {% endif -%}
 import sys
 import urllib.request
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from collections.abc import Iterable
 from pathlib import Path
 {%- endif %}
 
 # The port of the image's command (Dockerfile CMD).
 LIVE_URL = "http://127.0.0.1:8000/health/live"
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 def container_commands() -> list[list[str]]:
@@ -86,7 +86,7 @@ def api_answers(url: str = LIVE_URL) -> bool:
 
 
 def main() -> int:
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
     if runs_celery_worker(container_commands()):
         return 0 if worker_answers() else 1
     if runs_celery_beat(container_commands()):

@@ -86,7 +86,7 @@ class LoggingSettings(BaseSettings):
 
 class Settings(LoggingSettings):
     """Every setting of the service."""
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
     jobs_backend: Literal["inprocess", "celery"] = Field(
         default="celery",
@@ -172,7 +172,7 @@ class Settings(LoggingSettings):
     job_retention_seconds: int = Field(
         default=86_400,
         ge=60,
-        {%- if cookiecutter.job_backend == "celery" %}
+        {%- if cookiecutter.job_backend != "inprocess" %}
         description=(
             "How long a finished job's state and result stay readable: in Redis, or in "
             "memory for in-process jobs."
@@ -205,7 +205,7 @@ class Settings(LoggingSettings):
         description=(
             "Jobs that may wait to start; while that many wait, a submission gets 429 with "
             "Retry-After and nothing is queued. Unset: 1,000 for in-process jobs"
-            {%- if cookiecutter.job_backend == "celery" %}
+            {%- if cookiecutter.job_backend != "inprocess" %}
             ", 10,000 messages in the Celery queue (about 10 MB of Redis)"
             {%- endif %}
             "."
@@ -301,7 +301,7 @@ class Settings(LoggingSettings):
 {%- endif %}
         ),
     )
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
     worker_metrics_port: int = Field(
         default=9191,
         ge=0,

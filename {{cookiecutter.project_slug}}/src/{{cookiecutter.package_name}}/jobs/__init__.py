@@ -23,7 +23,7 @@ from .queue import (
 
 
 def build_job_backend(settings: Settings, events: JobEvents = NO_JOB_EVENTS) -> JobBackend:
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     if settings.jobs_backend == "celery":
         # Imported only when chosen: an in-process service never loads Celery.
         from .celery_backend import CeleryBackend

@@ -12,7 +12,7 @@ Nothing else to run, which suits development and small deployments. The limits:
   (`--timeout-graceful-shutdown`) to finish; queued jobs never start and are marked
   failed, saying so; a second signal stops the process at once; a hard kill loses all;
 - cancelling a running job asks it to stop at its next progress report; a thread
-  cannot be killed, so a job that never reports runs to its end{% if cookiecutter.job_backend == "celery" %} (Celery terminates
+  cannot be killed, so a job that never reports runs to its end{% if cookiecutter.job_backend != "inprocess" %} (Celery terminates
   such a job after `JOB_CANCEL_GRACE_SECONDS`){% endif %};
 - a finished job stays readable for `JOB_RETENTION_SECONDS`, and at most
   `INPROCESS_MAX_FINISHED_JOBS` finished jobs are kept (the oldest go first), which
@@ -21,7 +21,7 @@ Nothing else to run, which suits development and small deployments. The limits:
 - at most `MAX_QUEUED_JOBS` jobs wait (default 1,000: at 4 at once, that is already
   hours of work for jobs of a few seconds); beyond it a submission is refused (429);
 - an `Idempotency-Key` is remembered by this process only, like its jobs.
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 Choose the Celery backend when jobs must survive those.
 {%- endif %}
 """

@@ -88,7 +88,7 @@ class JobCancelledError(Exception):
     Cancellation is cooperative: a job stops at its next progress report. A job may
     catch this to clean up (close files, roll back), and must then re-raise it; the
     job ends `cancelled`.
-    {%- if cookiecutter.job_backend == "celery" %} On Celery, a job that reports no progress for longer than
+    {%- if cookiecutter.job_backend != "inprocess" %} On Celery, a job that reports no progress for longer than
     `JOB_CANCEL_GRACE_SECONDS` after the cancel is terminated.
     {%- endif %}
     """

@@ -14,7 +14,7 @@ To add one, append an entry to `SCHEDULE`:
   day-of-week, in UTC; `*/15`, `1-5`, `mon-fri` as in crontab), not both. Restrict
   day-of-month or day-of-week, not both: schedulers disagree on what that means (cron
   runs on either day, others only on days that are both).
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 Who runs it: with `JOBS_BACKEND=celery`, `celery -A <package>.beat beat` (one process; a
 second waits for its lock); with `inprocess`, the API process itself, once per host.

@@ -4,7 +4,7 @@ A backend's `follow(job_id)` subscribes to the job's changes first and reads its
 after, so no change between the two is lost, and hands back a `JobWatch`. The backend
 wakes the watch through its `ChangeSlot`: in-process, the store does when a job thread
 updates it
-{%- if cookiecutter.job_backend == "celery" %}; with Celery, the process's one Redis subscriber does for each state the
+{%- if cookiecutter.job_backend != "inprocess" %}; with Celery, the process's one Redis subscriber does for each state the
 result store publishes (`redis_watch.py`)
 {%- endif %}.
 
@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from .models import FINAL_STATUSES, JobState
 
 # What a slot holds: a new state, or RESYNC: "something changed, read it again" (what
-# the in-process store says{% if cookiecutter.job_backend == "celery" %}, and the Celery subscriber after it reconnected and may
+# the in-process store says{% if cookiecutter.job_backend != "inprocess" %}, and the Celery subscriber after it reconnected and may
 # have missed messages{% endif %}).
 RESYNC = None
 Change = JobState | None
@@ -48,7 +48,7 @@ class ChangeSlot:
 def is_behind(state: JobState, shown: JobState) -> bool:
     """Whether `state` is older than the one already shown: the same status with less
     progress. Not shown: a follower never sees progress go back within one status.
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
 
     A Celery subscriber can receive, just after it read the current state, a message
     published before that read (pub/sub and the read are two connections): it is not

@@ -10,7 +10,7 @@ Windows are fixed and aligned to the clock (`limits`' fixed-window strategy, wit
 window's number in the key): one `incr` per request, one store round trip, answers
 the count, the remaining requests and the reset time for the `RateLimit-*` headers;
 `limits`' own `hit` plus `get_window_stats` would take three. `limits` parses
-RATE_LIMIT{% if cookiecutter.job_backend == "celery" %} and talks to Redis{% endif %}; the in-process counts are this module's own
+RATE_LIMIT{% if cookiecutter.job_backend != "inprocess" %} and talks to Redis{% endif %}; the in-process counts are this module's own
 (`MemoryCounts` says why). A client can send up to
 twice the limit across a window boundary, the price of one round trip.
 
@@ -26,7 +26,7 @@ from collections.abc import Collection
 from typing import Protocol
 
 from limits import parse
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from limits.aio.storage import RedisStorage, Storage
 {%- endif %}
 from starlette.authentication import BaseUser
@@ -84,7 +84,7 @@ class MemoryCounts:
         count = self.counts.get(key, 0) + 1
         self.counts[key] = count
         return count
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 class StoredCounts:
@@ -227,14 +227,14 @@ async def send_too_many(send: Send, headers: list[tuple[bytes, bytes]], reset: i
 
 def rate_limit_counts(settings: Settings) -> Counts:
     """Where the counts live.
-    {%- if cookiecutter.job_backend == "celery" %} With the Celery backend, in Redis
+    {%- if cookiecutter.job_backend != "inprocess" %} With the Celery backend, in Redis
     (REDIS_URL): every API process and host sees one count, and keys expire by
     themselves at the end of their window. Through redis-py, which the service uses
     already (`limits` would use coredis by default).
     {%- endif %}
     In-process, in this process's memory: each server worker counts on its own.
     """
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     if settings.jobs_backend == "celery":
         storage = RedisStorage(
             # `limits` picks its async storage by the URL's scheme.

@@ -6,7 +6,7 @@ nothing for it, at start-up or per request (README, "Error reporting", has the n
 Reported: an exception that escapes a request (the 500), a job that fails, and every
 ERROR log line (sentry_sdk's logging integration: an in-process job's failure, a
 notification that could not be sent).
-{%- if cookiecutter.job_backend == "celery" %} A Celery job is reported when its last attempt
+{%- if cookiecutter.job_backend != "inprocess" %} A Celery job is reported when its last attempt
 fails: a retry that later succeeds is no failure.
 {%- endif %} Not reported: 4xx answers, the 503 of a job
 backend that is down, and a job that refused its own params (`JobInputError`): those
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 DISTRIBUTION = "{{ cookiecutter.project_slug }}"
 ACCESS_LOGGER = __name__.partition(".")[0] + ".access"  # middleware/access_log.py's
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 BROKER_RECONNECT_LOGGER = "celery.worker.consumer.consumer"
 {%- endif %}
 FILTERED = "[Filtered]"
@@ -54,11 +54,11 @@ MIN_SECRET_CHARS = 8
 FAILED_REQUEST_STATUS_CODES = frozenset(range(500, 600)) - {503}
 
 
-def setup_error_reporting(settings: Settings{% if cookiecutter.job_backend == "celery" %}, *, celery_worker: bool = False{% endif %}) -> None:
+def setup_error_reporting(settings: Settings{% if cookiecutter.job_backend != "inprocess" %}, *, celery_worker: bool = False{% endif %}) -> None:
     """Start reporting errors, if SENTRY_DSN is set; call once per process, before the
-    app is built{% if cookiecutter.job_backend == "celery" %} (the worker: at import, before the pool forks){% endif %}.
+    app is built{% if cookiecutter.job_backend != "inprocess" %} (the worker: at import, before the pool forks){% endif %}.
 
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
 
     `celery_worker`: the Celery worker, which reports failed tasks. The API publishes
     jobs with its own publisher (jobs/celery_backend.py), which the Celery integration
@@ -69,7 +69,7 @@ def setup_error_reporting(settings: Settings{% if cookiecutter.job_backend == "c
         return
     import sentry_sdk
     from sentry_sdk.integrations import Integration
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     from sentry_sdk.integrations.celery import CeleryIntegration
     {%- endif %}
     from sentry_sdk.integrations.fastapi import FastApiIntegration
@@ -80,7 +80,7 @@ def setup_error_reporting(settings: Settings{% if cookiecutter.job_backend == "c
         StarletteIntegration(failed_request_status_codes=FAILED_REQUEST_STATUS_CODES),
         FastApiIntegration(failed_request_status_codes=FAILED_REQUEST_STATUS_CODES),
     ]
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     if celery_worker:
         # No trace headers in task messages: the request id links a job's report to
         # its request.

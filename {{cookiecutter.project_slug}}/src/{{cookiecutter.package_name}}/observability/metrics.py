@@ -1,5 +1,5 @@
 """Prometheus metrics, set up once per process from settings: `setup_metrics` for the
-API{% if cookiecutter.job_backend == "celery" %}, `setup_worker_metrics` for the Celery worker{% endif %}.
+API{% if cookiecutter.job_backend != "inprocess" %}, `setup_worker_metrics` for the Celery worker{% endif %}.
 
 Several processes, one view. prometheus-client's multiprocess mode keeps each
 process's values in files of one directory, and a scrape sums them; it must be chosen
@@ -10,7 +10,7 @@ imports it (through `metric_families`) only after deciding.
   time, so a restarted service never adds up an earlier run's files; directories of
   supervisors that are gone are removed when a worker starts. Each worker makes it on
   its own: uvicorn's supervisor never imports the app, so nothing else could.
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 - Worker: its main process makes a fresh directory before it forks the pool, serves
   the sum on `WORKER_METRICS_PORT`, and removes the directory when it exits.
 {%- endif %}
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from ..settings import Settings
 
 if TYPE_CHECKING:
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
     from wsgiref.simple_server import WSGIServer
 {% endif %}
     from .metric_families import ServiceMetrics
@@ -106,7 +106,7 @@ def start_time(pid: int) -> str:
         return "0"
     # Field 22; the command name (field 2) may hold spaces, so count after its ')'.
     return stat.rpartition(")")[2].split()[19]
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 class WorkerMetrics:

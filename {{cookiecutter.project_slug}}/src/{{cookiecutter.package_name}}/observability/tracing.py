@@ -6,7 +6,7 @@ continued and log lines carry the trace id), but they leave the process only whe
 OTLP endpoint is set: without one there is no exporter, no export thread and no
 connection. The sampler is the SDK's, from `OTEL_TRACES_SAMPLER` (default: parent-based,
 always on).
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 The API does not publish with `send_task` (see `celery_backend.QueuePublisher`), and the
 Celery instrumentation's publish hooks find the task through Celery's *current* app,
@@ -20,7 +20,7 @@ instrumentation reads it back and makes the task's span its child.
 from __future__ import annotations
 
 import logging
-{% if cookiecutter.job_backend == "celery" -%}
+{% if cookiecutter.job_backend != "inprocess" -%}
 from typing import Any
 
 from celery import signals
@@ -28,7 +28,7 @@ from celery import signals
 {% endif -%}
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.propagate import inject
 {%- endif %}
@@ -41,7 +41,7 @@ from ..settings import Settings
 logger = logging.getLogger(__name__)
 
 TRACES_PATH = "/v1/traces"
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 # The name and attributes the Celery instrumentation gives the spans of a publish, so
 # that the API's publishes and a worker's retries read the same in a trace.
 PUBLISH_SPAN_PREFIX = "apply_async/"
@@ -77,12 +77,12 @@ def setup_tracing(settings: Settings) -> TracerProvider:
         logger.info("traces are exported to %s", endpoint)
     trace.set_tracer_provider(provider)
     _provider = provider
-    {%- if cookiecutter.job_backend == "celery" %}
+    {%- if cookiecutter.job_backend != "inprocess" %}
     signals.before_task_publish.connect(_start_publish_span, weak=False)
     signals.after_task_publish.connect(_end_publish_span, weak=False)
     {%- endif %}
     return provider
-{%- if cookiecutter.job_backend == "celery" %}
+{%- if cookiecutter.job_backend != "inprocess" %}
 
 
 def setup_worker_tracing(settings: Settings) -> None:
