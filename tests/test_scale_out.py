@@ -89,7 +89,8 @@ class Service:
     log_path: Path
 
     def records(self) -> list[dict[str, Any]]:
-        lines = self.log_path.read_text(errors="replace").splitlines()
+        # The process may be mid-line: the text after the last newline is not a record yet.
+        lines = self.log_path.read_text(errors="replace").split("\n")[:-1]
         return [json.loads(line) for line in lines if line.startswith("{")]
 
     def messages(self) -> list[str]:

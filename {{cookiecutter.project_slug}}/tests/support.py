@@ -79,6 +79,14 @@ def make_settings(**overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+def json_log_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON records of a log file that processes may still be writing: the text after
+    the last newline can be half a record, so only whole lines count (uvicorn's own text
+    lines are skipped)."""
+    lines = path.read_text(errors="replace").split("\n")[:-1]
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
 def messages_of(records: list[dict[str, Any]], request_id: str | None = None) -> list[str]:
     """The messages of JSON log records, optionally only those of one request."""
     return [
@@ -161,9 +169,8 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def log_records(self) -> list[dict[str, Any]]:
-        """Its JSON log lines (uvicorn's own text lines are skipped)."""
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        """Its JSON log records."""
+        return json_log_lines(self.log_path)
 
     def messages(self) -> list[str]:
         return messages_of(self.log_records())

@@ -2,7 +2,6 @@
 a one-second schedule runs its job again and again through the job API, two beats at
 once still run each tick once, and each run's lines carry a log id of its own."""
 
-import json
 import os
 import signal
 import subprocess
@@ -38,6 +37,7 @@ from tests.support import (
     PACKAGE,
     SOURCE_ROOT,
     LogCapture,
+    json_log_lines,
     make_settings,
     messages_of,
     wait_until,
@@ -73,8 +73,7 @@ class BeatProcess:
             )
 
     def records(self) -> list[dict[str, Any]]:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        return json_log_lines(self.log_path)
 
     def messages(self) -> list[str]:
         return messages_of(self.records())

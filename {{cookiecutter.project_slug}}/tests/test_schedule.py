@@ -2,7 +2,6 @@
 through the job API (an id, `GET /jobs/{id}`), carries a log id of its own, and with
 several server workers on one host only one of them runs the schedule."""
 
-import json
 import os
 import signal
 import subprocess
@@ -39,6 +38,7 @@ from tests.support import (
     SOURCE_ROOT,
     LogCapture,
     free_port,
+    json_log_lines,
     make_settings,
     messages_of,
     wait_until,
@@ -110,8 +110,7 @@ class ServedWithWorkers:
             )
 
     def records(self) -> list[dict[str, Any]]:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        return json_log_lines(self.log_path)
 
     def stop(self) -> None:
         if self.process.poll() is None:
