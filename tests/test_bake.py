@@ -31,7 +31,7 @@ from conftest import (
 
 # Jinja left unrendered. GitHub Actions' `${{ ... }}` is legitimate output.
 LEFTOVER_RE = re.compile(r"(?<!\$)\{\{|\{%|\{#")
-CELERY_RE = re.compile(r"celery|redis", re.IGNORECASE)
+CELERY_RE = re.compile(r"celery|redis|rabbit|amqp", re.IGNORECASE)
 # What each auth answer must not leave behind in a bake of another answer.
 ANY_AUTH_RE = re.compile(r"api_token|bearer|jwt|jwks", re.IGNORECASE)
 JWT_RE = re.compile(r"jwt|jwks|require_scopes", re.IGNORECASE)

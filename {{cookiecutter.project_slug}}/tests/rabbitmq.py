@@ -1,12 +1,14 @@
 """A real RabbitMQ for the Celery tests: a virtual host of the tests' own per Redis.
 
-RabbitMQ comes from `TEST_BROKER_URL` when set (all tests share it, and nothing in it
-is ever purged or deleted: it is not ours); otherwise each Redis the tests start gets a
-vhost of the tests' own on the local RabbitMQ, made with `rabbitmqctl`, so that no
-test's messages reach the workers of another. A vhost is made once and reused: when
-its Redis stops, the queues the tests' apps declare in it are deleted (with what they
-still hold) and the next Redis gets it; `rabbitmqctl` costs about 2 s a call, and a
-suite starts some 25 Redis servers, at most three at once. The vhosts are deleted at
+Each Redis the tests start gets a vhost of the tests' own on the local RabbitMQ, made
+with `rabbitmqctl`, so that no test's messages reach the workers of another. A vhost
+is made once and reused: when its Redis stops, the queues the tests' apps declared in
+it are deleted (with what they still hold) and the next Redis gets it; `rabbitmqctl`
+costs about 2 s a call, and a suite starts some 25 Redis servers, at most three at
+once. With `TEST_BROKER_URL` (a CI service, say, where there is no `rabbitmqctl`) all
+tests share that vhost, and delete the queues they declared there after each Redis:
+the tests refuse a vhost whose job queue exists before they declare it, which would
+not be theirs. The vhosts are deleted at
 the end of the session (`delete_vhosts`). Without a broker, the tests that need one
 skip, saying why, unless `REQUIRE_BROKER=1` turns that into a failure (as in CI).
 """
@@ -38,6 +40,7 @@ DECLARED_QUEUES = ("celery", *(f"celery_delayed_{level}" for level in range(28))
 
 _free: list[str] = []  # vhosts of ours, emptied, for the next Redis
 _made: list[str] = []  # every vhost made here, to delete at the end
+_checked: set[str] = set()  # TEST_BROKER_URLs found without a job queue of others
 # The broker of each Redis the tests run now (see `broker_for`).
 _broker_of_redis: dict[str, str] = {}
 
@@ -71,9 +74,20 @@ def _make_vhost() -> str:
     return name
 
 
-def _empty(name: str) -> None:
-    """Delete the queues the tests' apps declared in our vhost `name`."""
-    connection = _connect(f"amqp://{USER}:{PASSWORD}@{LOCAL_HOST}/{name}")
+def _has_job_queue(broker_url: str) -> bool:
+    connection = _connect(broker_url)
+    try:
+        connection.channel().queue_declare(DECLARED_QUEUES[0], passive=True)
+    except amqp.exceptions.NotFound:
+        return False
+    finally:
+        connection.close()
+    return True
+
+
+def _empty(broker_url: str) -> None:
+    """Delete the queues the tests' apps declared in the tests' vhost."""
+    connection = _connect(broker_url)
     try:
         channel = connection.channel()
         for queue in DECLARED_QUEUES:
@@ -86,15 +100,23 @@ def _empty(name: str) -> None:
 def vhost() -> Iterator[str]:
     """The URL of a broker for one Redis's tests: `TEST_BROKER_URL`, or a vhost of ours."""
     if url := os.environ.get("TEST_BROKER_URL"):
-        yield url
+        if url not in _checked:
+            if _has_job_queue(url):
+                skip_or_fail("TEST_BROKER_URL's vhost has a job queue the tests did not make")
+            _checked.add(url)
+        try:
+            yield url
+        finally:
+            _empty(url)
         return
     name = _free.pop() if _free else _make_vhost()
+    url = f"amqp://{USER}:{PASSWORD}@{LOCAL_HOST}/{name}"
     try:
-        yield f"amqp://{USER}:{PASSWORD}@{LOCAL_HOST}/{name}"
+        yield url
     finally:
         # One that cannot be emptied is not reused (it is still deleted at the end).
         with contextlib.suppress(OSError, amqp.exceptions.AMQPError):
-            _empty(name)
+            _empty(url)
             _free.append(name)
 
 
@@ -204,9 +226,11 @@ class TcpProxy:
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:
             with contextlib.suppress(OSError):
-                # SO_LINGER 0: a reset, as from a process that is gone.
+                # SO_LINGER 0: a reset, as from a process that is gone; the shutdown wakes
+                # the relay blocked on it (a close alone would not end the connection).
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def freeze(self) -> None:
         self._relaying.clear()

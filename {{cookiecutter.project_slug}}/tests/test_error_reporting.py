@@ -19,7 +19,7 @@ from fastapi import APIRouter, FastAPI, HTTPException
 from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.factory import create_app
-from tests import failing_jobs, probes
+from tests import failing_jobs, probes{% if cookiecutter.job_backend == "celery-rabbitmq" %}, rabbitmq{% endif %}
 {%- if cookiecutter.job_backend != "inprocess" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
@@ -251,13 +251,21 @@ def test_a_job_that_fails_in_a_prefork_worker_is_reported_with_its_request_id(
 ) -> None:
     """The worker reports from its pool process (sentry_sdk set up at import, before
     the fork). Not reported: a job refusing its params, a retry that succeeds, and the
-    worker's trouble reaching Redis while it is down."""
+    worker's trouble reaching {% if cookiecutter.job_backend == "celery-rabbitmq" %}RabbitMQ{% else %}Redis{% endif %} while it is down."""
     app = create_app(make_settings(jobs_backend="celery", redis_url=private_redis.url))
     app.include_router(job_router())
+    {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+    # The worker's broker behind a relay the test cuts.
+    broker = rabbitmq.TcpProxy(rabbitmq.broker_for(private_redis.url))
+    broker.start()
+    {%- endif %}
     env = {
         "SENTRY_DSN": sink.dsn,
         # `tests.failing_jobs`, from the project root, beside the service's source.
         "PYTHONPATH": os.pathsep.join([str(SOURCE_ROOT), str(SOURCE_ROOT.parent)]),
+        {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+        "BROKER_URL": broker.url,
+        {%- endif %}
     }
     with (
         running_worker(
@@ -281,12 +289,23 @@ def test_a_job_that_fails_in_a_prefork_worker_is_reported_with_its_request_id(
         assert finished(http, refused)["status"] == finished(http, broken)["status"] == "failed"
         assert finished(http, retried)["status"] == "succeeded"
         wait_until(lambda: sink.tagged("job-broken"), 15, "the worker's report")
+        {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+        broker.stop()
+        {%- else %}
         private_redis.stop()
+        {%- endif %}
         wait_until(
             lambda: any("Cannot connect" in m for m in worker.messages()), 15, "a failed reconnect"
         )
+        {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+        broker.start()
+        {%- else %}
         private_redis.start()
+        {%- endif %}
         worker.stop()  # its processes flush what they still hold
+    {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+    broker.stop()
+    {%- endif %}
     assert len(sink.events()) == 1
     [event] = sink.tagged("job-broken")
     types = [exception["type"] for exception in event["exception"]["values"]]

@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+{% if cookiecutter.job_backend != "inprocess" -%}
+from {{ cookiecutter.package_name }}.settings import Settings, SettingsError, load_settings
+{%- else -%}
 from {{ cookiecutter.package_name }}.settings import Settings
+{%- endif %}
 {%- if cookiecutter.job_backend != "inprocess" and cookiecutter.auth != "none" %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
@@ -49,6 +53,10 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("job_cancel_grace_seconds", -1),
         ("job_cancel_grace_seconds", "nan"),
         ("job_cancel_grace_seconds", 3_601),
+        # The broker (issue 13)
+        ("broker_url", "kafka://broker:9092"),
+        ("broker_url", "redis://another-redis:6379/0"),
+        ("rabbitmq_consumer_timeout_seconds", 0),
         {%- endif %}
         ("docs_enabled", "maybe"),
         # Backpressure (issue 10)
@@ -68,6 +76,40 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_bad_settings_are_refused_naming_the_setting(name: str, value: object) -> None:
     with pytest.raises(ValidationError, match=name):
         make_settings(**{name: value})
+{%- if cookiecutter.job_backend != "inprocess" %}
+
+
+@pytest.mark.parametrize("timeout", [None, 600])
+def test_jobs_must_end_before_rabbitmq_redelivers_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, timeout: int | None
+) -> None:
+    """RabbitMQ redelivers a job unacknowledged past its consumer_timeout while it still
+    runs: a time limit at or above it is refused at start-up, in one line naming both
+    settings and not the broker's URL (it carries a password); with the default
+    timeout (30 min) too."""
+    monkeypatch.chdir(tmp_path)  # no `.env` of the project's
+    monkeypatch.setenv("BROKER_URL", "amqp://user:s3cret-pass@rabbit:5672//")
+    monkeypatch.setenv("JOB_TIME_LIMIT_SECONDS", "1800" if timeout is None else "600")
+    if timeout is not None:
+        monkeypatch.setenv("RABBITMQ_CONSUMER_TIMEOUT_SECONDS", str(timeout))
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert "RABBITMQ_CONSUMER_TIMEOUT_SECONDS" in message
+    assert "JOB_TIME_LIMIT_SECONDS" in message
+    assert "s3cret" not in message
+
+
+def test_with_a_redis_broker_a_long_time_limit_is_fine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BROKER_URL", "")
+    monkeypatch.setenv("JOB_TIME_LIMIT_SECONDS", "7200")
+    settings = load_settings()
+    assert settings.celery_broker_url == settings.redis_url
+    assert not settings.broker_is_rabbitmq
+{%- endif %}
 {%- if cookiecutter.auth == "token" %}
 
 

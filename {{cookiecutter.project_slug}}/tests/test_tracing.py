@@ -39,6 +39,9 @@ from tests.support import (
     ISSUER,
     {%- endif %}
     PACKAGE,
+    {%- if cookiecutter.job_backend != "inprocess" %}
+    broker_env,
+    {%- endif %}
     make_settings,
     uvicorn_process,
     wait_until,
@@ -221,6 +224,7 @@ def test_a_job_is_one_trace_from_the_request_through_the_worker(
             tmp_path,
             JOBS_BACKEND="celery",
             REDIS_URL=private_redis.url,
+            **broker_env(private_redis.url),
             **exporting_to(receiver, "traced-api"),
         ) as server,
         httpx.Client(base_url=server.url, headers=AUTH_HEADERS) as http,

@@ -196,6 +196,7 @@ class Submission:
 
     __slots__ = (
         "claim",
+        "context",
         "job_id",
         "message",
         "sent",
@@ -221,6 +222,8 @@ class Submission:
         self.task_headers = task_headers
         # The task message as the Redis list holds it (`QueuePublisher.prepare`).
         self.message = ""
+        # The request's context, where the message is built elsewhere (`AmqpPublisher`).
+        self.context: contextvars.Context | None = None
         self.claim = claim
         self.sent: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -459,7 +462,9 @@ class AmqpPublisher(QueuePublisher):
         self._producer: Producer | None = None
 
     def prepare(self, app: Celery, submission: Submission) -> None:
-        return None  # the message is built where it is sent, in the broker thread
+        # The message is built where it is sent, in the broker thread, in the request's
+        # context: Celery's publish signals (a trace's publish span, say) see the request.
+        submission.context = contextvars.copy_context()
 
     async def _send(self, batch: list[Submission]) -> None:
         try:
@@ -523,32 +528,35 @@ class AmqpPublisher(QueuePublisher):
     def _publish_each(self, admitted: list[Submission]) -> tuple[int, Exception | None]:
         """Publish the jobs in order, each confirmed; stop at the first that fails.
         Returns how many were confirmed, and the error that stopped the rest."""
-        amqp_app = self._app.amqp
         for done, submission in enumerate(admitted):
             try:
                 _, producer = self._connected()
-                name, params = submission.task_args
-                message = amqp_app.create_task_message(
-                    submission.job_id,
-                    RUN_JOB_TASK,
-                    (name, params),
-                    {},
-                    reply_to=self._app.thread_oid,
-                    ignore_result=None,  # what `send_task` passes when its caller names none
-                )
-                amqp_app.send_task_message(
-                    producer,
-                    RUN_JOB_TASK,
-                    message,
-                    queue=self.queue,
-                    headers=submission.task_headers,
-                    retry=False,
-                    confirm_timeout=REDIS_TIMEOUT_SECONDS,
-                )
+                context = submission.context or contextvars.Context()
+                context.run(self._publish_one, producer, submission)
             except AMQP_SEND_ERRORS as exc:
                 self._drop_connection()
                 return done, exc
         return len(admitted), None
+
+    def _publish_one(self, producer: Producer, submission: Submission) -> None:
+        amqp_app = self._app.amqp
+        message = amqp_app.create_task_message(
+            submission.job_id,
+            RUN_JOB_TASK,
+            submission.task_args,
+            {},
+            reply_to=self._app.thread_oid,
+            ignore_result=None,  # what `send_task` passes when its caller names none
+        )
+        amqp_app.send_task_message(
+            producer,
+            RUN_JOB_TASK,
+            message,
+            queue=self.queue,
+            headers=submission.task_headers,
+            retry=False,
+            confirm_timeout=REDIS_TIMEOUT_SECONDS,
+        )
 
     async def _undo(self, unsent: list[Submission]) -> None:
         try:
