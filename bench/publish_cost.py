@@ -2,7 +2,11 @@
 own floor, in one process: `bench/run.py` (part `enqueue`) runs it in the generated
 project's interpreter, against the benchmark's private `redis-server`.
 
-    python bench/publish_cost.py REDIS_URL [--seconds 1] [--rounds 3]
+    python bench/publish_cost.py REDIS_URL [--seconds 1] [--rounds 3] [--broker-url AMQP_URL]
+
+With `--broker-url amqp://...` (a vhost of your own: the jobs pile up in it, no worker
+takes them) the jobs go to RabbitMQ as in a `celery-rabbitmq` bake, admitted in Redis
+first; `raw` stays Redis's floor, for the ratio.
 
 Three loops, alternated round by round (best round each, as CPU time per job and as jobs
 per wall-clock second):
@@ -86,10 +90,13 @@ async def rate(
     }
 
 
-async def measure(url: str, seconds: float, rounds: int) -> dict[str, Any]:
+async def measure(
+    url: str, seconds: float, rounds: int, broker_url: str | None = None
+) -> dict[str, Any]:
     # The queue grows by thousands of jobs a second here, with no worker: a limit high
     # enough never to refuse, so the check's cost is measured, not its refusals.
     os.environ.update(REDIS_URL=url, JOBS_BACKEND="celery", MAX_QUEUED_JOBS="10000000")
+    os.environ["BROKER_URL"] = broker_url or ""  # empty: Redis is the broker
     settings = generated("settings").Settings()
     backend = generated("jobs.celery_backend").CeleryBackend(settings)
     client = redis.Redis.from_url(url)
@@ -166,8 +173,9 @@ def main() -> None:
     parser.add_argument("redis_url")
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--broker-url", help="amqp://...: RabbitMQ as the broker")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args.redis_url, args.seconds, args.rounds))))
+    print(json.dumps(asyncio.run(measure(args.redis_url, args.seconds, args.rounds, args.broker_url))))
 
 
 if __name__ == "__main__":

@@ -428,8 +428,25 @@ def run_job(task: Task[Any, Any], name: str, params: dict[str, Any]) -> dict[str
         # Celery stores the error as JSON and rebuilds it in the API process; a plain
         # message survives that, where e.g. pydantic's ValidationError does not.
         raise JobFailedError(describe_error(exc, CONNECTION_ERRORS)) from exc
+    if finished_elsewhere(task):
+        logger.warning("job %s (%s) stopped: finished elsewhere meanwhile", task.request.id, name)
+        raise Ignore()
     logger.info("job %s (%s) succeeded", task.request.id, name)
     return result
+
+
+def finished_elsewhere(task: Task[Any, Any]) -> bool:
+    """Whether the job's stored state is final already: a worker that froze mid-job
+    (RabbitMQ gave the job to another one meanwhile) finishes a stale copy. Measured in
+    the template's scale-out lane: a thawed host ran its copy to the end in 3 of 3
+    tries; the heartbeat notices the dead connection only at the next write, the ack.
+    One read of Redis per finished job; the copy ends as an Ignore (counted as
+    `cancelled` in the job metrics), its result unstored."""
+    try:
+        meta = task.backend.get_task_meta(str(task.request.id), cache=False)
+    except RedisError:
+        return False  # unknown: Celery's own store keeps a SUCCESS anyway
+    return meta.get("status") in celery_states.READY_STATES
 
 
 # How a run of the task ended (Celery's state after it), as the job metrics name it.
