@@ -34,10 +34,12 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +58,9 @@ LONG_JOB_SECONDS = 2.5
 SHORT_JOB_SECONDS = 0.6
 API_PORT = 8000
 START_TIMEOUT = 60.0
-# Cut to completion: the visibility timeout, a sweep, the job, and slack for a busy
-# machine (two cores shared with the rest of the suite).
-RECOVERY_CEILING = VISIBILITY_TIMEOUT_SECONDS + 1 + LONG_JOB_SECONDS + 20
+# The heartbeat the RabbitMQ bake asks for (broker_heartbeat in jobs/celery_app.py);
+# RabbitMQ closes a connection after about two missed ones.
+BROKER_HEARTBEAT_SECONDS = 10
 # What a client of a cut-off API may wait for its 503 (the contract's figure).
 UNAVAILABLE_WITHIN = 2.0
 
@@ -178,10 +180,14 @@ class Broker:
     """How one broker runs on the broker host, and the settings that point at it."""
 
     name: str
+    job_backend: str  # the cookiecutter answer
     start: Callable[[netns.Host, Path], None]
     service_env: Callable[[netns.Host], dict[str, str]]
     # What brings a lost host's job back, for the printed measurement.
     redelivery: str
+    # Cut to completion at most: the redelivery, the job, and slack for a busy machine
+    # (two cores shared with the rest of the suite).
+    recovery_ceiling: float
     # The readiness checks that must fail while the API host is cut off from this host.
     readiness_checks: tuple[str, ...]
 
@@ -207,13 +213,113 @@ def _answers(host: netns.Host, address: str, port: int) -> bool:
     return True
 
 
+# Debian's /usr/sbin/rabbitmq-* wrappers switch to the rabbitmq user and its home (the
+# machine's node's Erlang cookie, files it owns); the scripts they call run as root
+# with the environment they are given.
+RABBITMQ_SCRIPTS = (Path("/usr/lib/rabbitmq/bin"),)
+RABBITMQ_NODE = "rabbit@localhost"
+
+
+def _rabbitmq_script(name: str) -> str | None:
+    for directory in RABBITMQ_SCRIPTS:
+        if os.access(directory / name, os.X_OK):
+            return str(directory / name)
+    return shutil.which(name)
+
+
+def _start_rabbitmq(host: netns.Host, workdir: Path) -> None:
+    """Redis for results and job state, and a private RabbitMQ node for the jobs.
+
+    The node is the host's own: its files, its Erlang cookie ($HOME) and its epmd are in
+    `workdir` and the namespace, so the machine's RabbitMQ (127.0.0.1:5672 outside) is
+    neither seen nor touched. AMQP listens on the switch; Erlang distribution and epmd
+    on the host's loopback only."""
+    _start_redis(host, workdir)
+    server, ctl = _rabbitmq_script("rabbitmq-server"), _rabbitmq_script("rabbitmqctl")
+    if server is None or ctl is None:
+        _skip_or_fail("no rabbitmq-server (and rabbitmqctl) to run the broker host's RabbitMQ")
+    assert server is not None
+    assert ctl is not None
+    base = workdir / "rabbitmq"
+    base.mkdir()
+    config = base / "rabbitmq.conf"
+    settings = [
+        # guest may log in from the other hosts (by default only over loopback).
+        "loopback_users = none",
+        f"listeners.tcp.default = {host.address}:5672",
+    ]
+    config.write_text("\n".join(settings) + "\n")
+    (base / "enabled_plugins").write_text("[].\n")  # no management plugin: a faster start
+    (base / "rabbitmq-env.conf").write_text("")  # not the machine's /etc/rabbitmq one
+    pid_file = base / "rabbit.pid"
+    env = {
+        "PATH": os.defpath,
+        "HOME": str(base),  # the Erlang cookie, made on first start; the CLI reads it too
+        "RABBITMQ_NODENAME": RABBITMQ_NODE,
+        "RABBITMQ_NODE_PORT": "5672",
+        "RABBITMQ_CONFIG_FILE": str(config),
+        "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(base / "log"),
+        "RABBITMQ_LOGS": "-",  # to the server's output: rabbitmq.log in the workdir
+        "RABBITMQ_PID_FILE": str(pid_file),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+    }
+    process = host.popen([server], log_path=workdir / "rabbitmq.log", env=env, cwd=base)
+
+    def stop() -> None:
+        # Its own way down first, then its process group (the host's stop), and epmd,
+        # which daemonized out of that group.
+        with suppress(subprocess.TimeoutExpired):
+            host.run([ctl, "-n", RABBITMQ_NODE, "stop"], env=env, timeout=30)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=15)
+        for pid in host.pids():
+            with suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "epmd":
+                    os.kill(pid, signal.SIGKILL)
+
+    host.before_stop.append(stop)
+    # `wait` follows the pid file, then the node's boot (`await_startup` gives up at once
+    # while the node is not registered with epmd yet).
+    waited = host.run(
+        [ctl, "-n", RABBITMQ_NODE, "wait", pid_file, "--timeout", str(int(START_TIMEOUT))],
+        env=env, timeout=START_TIMEOUT + 10,
+    )  # fmt: skip
+    assert waited.returncode == 0, (
+        f"RabbitMQ did not start: {waited.stdout}{waited.stderr}\n"
+        + (workdir / "rabbitmq.log").read_text(errors="replace")[-3000:]
+    )
+    assert _answers(host, host.address, 5672), "RabbitMQ started but does not listen on 5672"
+
+
 BROKERS = {
     "redis": Broker(
         "redis",
+        "celery",
         _start_redis,
         lambda host: {"REDIS_URL": f"redis://{host.address}:6379/0"},
         redelivery=f"visibility timeout {VISIBILITY_TIMEOUT_SECONDS} s",
+        # The visibility timeout, a restore sweep (every second), the job, slack.
+        recovery_ceiling=VISIBILITY_TIMEOUT_SECONDS + 1 + LONG_JOB_SECONDS + 20,
         readiness_checks=("redis",),
+    ),
+    "rabbitmq": Broker(
+        "rabbitmq",
+        "celery-rabbitmq",
+        _start_rabbitmq,
+        lambda host: {
+            "BROKER_URL": f"amqp://guest:guest@{host.address}:5672//",
+            "REDIS_URL": f"redis://{host.address}:6379/0",
+        },
+        redelivery=f"RabbitMQ missed the worker's heartbeats ({BROKER_HEARTBEAT_SECONDS} s)",
+        # No visibility timeout: the job comes back when RabbitMQ closes the silent
+        # connection, after about two missed heartbeats (20-30 s); then the job, slack.
+        recovery_ceiling=90,
+        readiness_checks=("broker", "redis"),
     ),
 }
 
@@ -243,7 +349,7 @@ def cluster(
     broker = BROKERS[str(request.param)]
     netns.remove_stale()
     work = tmp_path_factory.mktemp(f"scale-out-{broker.name}")
-    project = bake(work, job_backend="celery")
+    project = bake(work, job_backend=broker.job_backend)
     package = project.name.replace("-", "_")
     # SIGTERM (an interrupted CI run) tears the fixture down like Ctrl-C does.
     previous = None
@@ -300,7 +406,7 @@ def cluster(
         left = network.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    assert not left, f"namespaces left behind: {left}"
+    assert not left, f"left behind: {left}"
     assert not any(name.startswith(network.prefix) for name in os.listdir(netns.NETNS_DIR)), (
         "a namespace of this run survived"
     )
@@ -333,8 +439,16 @@ def _workdir(root: Path, host: netns.Host) -> Path:
 # --------------------------------------------------------------------------- the lane
 
 
-@pytest.mark.heavy(seconds=70)
-@pytest.mark.parametrize("cluster", list(BROKERS), indirect=True)
+# Estimates per broker: RabbitMQ takes about 10 s to start and 20-30 s to give a lost
+# worker's job back.
+LANE_SECONDS = {"redis": 70, "rabbitmq": 110}
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [pytest.param(name, marks=pytest.mark.heavy(seconds=LANE_SECONDS[name])) for name in BROKERS],
+    indirect=True,
+)
 def test_workers_on_two_hosts_survive_the_loss_of_one(cluster: Cluster) -> None:
     _jobs_spread_over_both_hosts(cluster)
     cut, job_id = _worker_host_cut_mid_job(cluster)
@@ -367,7 +481,7 @@ def _worker_host_cut_mid_job(cluster: Cluster) -> tuple[str, str]:
     # The API answers throughout: every poll, and a new job, which the other host runs.
     during = cluster.submit(SHORT_JOB_SECONDS)
     slowest = 0.0
-    deadline = cut_at + RECOVERY_CEILING
+    deadline = cut_at + cluster.broker.recovery_ceiling
     job = cluster.job(job_id)
     while job["status"] != "succeeded":
         assert job["status"] in {"queued", "running"}, job
