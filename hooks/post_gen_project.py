@@ -56,7 +56,6 @@ FEATURES: tuple[Feature, ...] = (
             "src/{package_name}/jobs/celery_backend.py",
             "src/{package_name}/jobs/redis_watch.py",
             "tests/celery_processes.py",
-            "tests/test_broker_messages.py",
             "tests/test_celery_worker.py",
             "tests/scheduled_beat.py",
             "tests/test_celery_beat.py",
@@ -71,6 +70,10 @@ FEATURES: tuple[Feature, ...] = (
             "opentelemetry-instrumentation-celery",
         ),
     ),
+    # Redis as the broker: kombu's transport and the messages in its lists.
+    Feature(option="job_backend", values=("celery",), paths=("tests/test_broker_messages.py",)),
+    # RabbitMQ as the broker: the tests' vhosts on a real server.
+    Feature(option="job_backend", values=("celery-rabbitmq",), paths=("tests/rabbitmq.py",)),
     Feature(
         option="auth",
         values=("token",),

@@ -19,7 +19,17 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support import PACKAGE, free_port, messages_of, wait_until, with_source_on_path
+{% if cookiecutter.job_backend == "celery-rabbitmq" -%}
+from tests import rabbitmq
+{% endif -%}
+from tests.support import (
+    PACKAGE,
+    broker_env,
+    free_port,
+    messages_of,
+    wait_until,
+    with_source_on_path,
+)
 
 
 def skip_or_fail(reason: str) -> None:
@@ -86,11 +96,21 @@ def redis_server(workdir: Path, *, persistent: bool = False) -> Iterator[RedisSe
     if shutil.which("redis-server") is None:
         skip_or_fail("no redis-server binary on PATH to start a test Redis")
     server = RedisServer(workdir, persistent=persistent)
+    {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+    # Its broker first: a test that cannot have one skips before anything starts.
+    with rabbitmq.broker_of(server.url):
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+    {%- else %}
     server.start()
     try:
         yield server
     finally:
         server.stop()
+    {%- endif %}
 
 
 class WorkerProcess:
@@ -123,6 +143,7 @@ class WorkerProcess:
         environment = {
             **with_source_on_path(os.environ),
             "REDIS_URL": redis_url,
+            **broker_env(redis_url),
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
             "WORKER_METRICS_PORT": str(self.metrics_port),

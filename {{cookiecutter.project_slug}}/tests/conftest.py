@@ -12,6 +12,9 @@ from starlette.testclient import TestClient
 
 from {{ cookiecutter.package_name }}.factory import create_app
 {%- if cookiecutter.job_backend != "inprocess" %}
+{%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+from tests import rabbitmq
+{%- endif %}
 from tests.celery_processes import RedisServer, WorkerProcess, redis_server, running_worker
 {%- endif %}
 from tests.probes import Recorder, probe_router
@@ -60,11 +63,30 @@ def probe_client(probe_app: FastAPI) -> Iterator[TestClient]:
 {%- if cookiecutter.job_backend != "inprocess" %}
 
 
+{% if cookiecutter.job_backend == "celery-rabbitmq" -%}
+# What the service's processes started by the tests read when a test names no broker
+# (see tests/rabbitmq.py): never the developer's RabbitMQ, nor its default vhost.
+os.environ["BROKER_URL"] = rabbitmq.NO_BROKER_URL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _rabbitmq_vhosts() -> Iterator[None]:
+    """The tests' own RabbitMQ vhosts, deleted once the session ends."""
+    yield
+    rabbitmq.delete_vhosts()
+
+
+{% endif -%}
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis: `TEST_REDIS_URL` if set, else a `redis-server` of our own."""
     if url := os.environ.get("TEST_REDIS_URL"):
+        {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+        with rabbitmq.broker_of(url):
+            yield url
+        {%- else %}
         yield url
+        {%- endif %}
         return
     with redis_server(tmp_path_factory.mktemp("redis")) as server:
         yield server.url

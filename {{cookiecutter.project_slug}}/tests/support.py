@@ -20,8 +20,11 @@ from starlette.types import ASGIApp
 import {{ cookiecutter.package_name }} as service_package
 from {{ cookiecutter.package_name }}.logs import configure_logging
 from {{ cookiecutter.package_name }}.settings import Settings
-{%- if cookiecutter.auth == "jwt" %}
-from tests import jwks_server
+{%- set test_modules = [] %}
+{%- if cookiecutter.auth == "jwt" %}{% set _ = test_modules.append("jwks_server") %}{% endif %}
+{%- if cookiecutter.job_backend == "celery-rabbitmq" %}{% set _ = test_modules.append("rabbitmq") %}{% endif %}
+{%- if test_modules %}
+from tests import {{ test_modules | join(", ") }}
 {%- endif %}
 {%- if cookiecutter.auth == "token" %}
 
@@ -76,7 +79,25 @@ def make_settings(**overrides: Any) -> Settings:
         {%- endif %}
     }
     values.update(overrides)
+    {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+    # The broker of the test's Redis: a RabbitMQ vhost of the tests' own.
+    values.setdefault("broker_url", rabbitmq.broker_for(values.get("redis_url")))
+    {%- endif %}
     return Settings(_env_file=None, **values)
+{%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+
+
+def broker_env(redis_url: str) -> dict[str, str]:
+    """BROKER_URL for a process the tests start on this Redis: its RabbitMQ vhost."""
+    return {"BROKER_URL": rabbitmq.broker_for(redis_url)}
+{%- elif cookiecutter.job_backend == "celery" %}
+
+
+def broker_env(redis_url: str) -> dict[str, str]:
+    """The broker settings of a process the tests start on this Redis: none, Redis is
+    its own broker."""
+    return {}
+{%- endif %}
 
 
 def json_log_lines(path: Path) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ from tests.support import (
     PACKAGE,
     SOURCE_ROOT,
     LogCapture,
+    broker_env,
     json_log_lines,
     make_settings,
     messages_of,
@@ -59,6 +60,7 @@ class BeatProcess:
             "PYTHONPATH": os.pathsep.join([str(SOURCE_ROOT), str(SOURCE_ROOT.parent)]),
             "JOBS_BACKEND": "celery",
             "REDIS_URL": redis_url,
+            **broker_env(redis_url),
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "INFO",
         }

@@ -8,7 +8,7 @@ import tempfile
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Literal
-{%- if cookiecutter.auth == "jwt" %}
+{%- if cookiecutter.auth == "jwt" or cookiecutter.job_backend != "inprocess" %}
 from urllib.parse import urlsplit
 {%- endif %}
 
@@ -43,6 +43,11 @@ CommaList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_split_commas)]
 ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[^/\s:\[\]]+)(:\d{1,5})?", re.IGNORECASE)
 HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+{%- if cookiecutter.job_backend != "inprocess" %}
+# The brokers Celery's transports here speak: kombu's Redis one, and py-amqp for RabbitMQ.
+RABBITMQ_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+BROKER_SCHEMES = frozenset({"redis", "rediss", *RABBITMQ_SCHEMES})
+{%- endif %}
 {%- if cookiecutter.auth == "token" %}
 
 MIN_API_TOKEN_LENGTH = 16
@@ -94,7 +99,21 @@ class Settings(LoggingSettings):
     )
     redis_url: str = Field(
         default="redis://localhost:6379/0",
-        description="Redis for the Celery broker and result store.",
+        description=(
+            "Redis for the job states (Celery's result store), idempotency keys and "
+            "cancel flags; also the Celery broker unless BROKER_URL names another."
+        ),
+    )
+    broker_url: str | None = Field(
+{%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+        default="amqp://guest:guest@localhost:5672//",
+{%- else %}
+        default=None,
+{%- endif %}
+        description=(
+            "The Celery broker that carries the jobs: redis://... or amqp://... "
+            "(RabbitMQ). Unset or empty: REDIS_URL."
+        ),
     )
     job_time_limit_seconds: int = Field(
         default=300,
@@ -102,7 +121,18 @@ class Settings(LoggingSettings):
         description=(
             "A Celery job running longer is killed; at 90% of it the job gets "
             "SoftTimeLimitExceeded to stop cleanly. Redis redelivers tasks of a dead "
-            "worker after 1.5 times this."
+            "worker after 1.5 times this; RabbitMQ as soon as the worker's connection drops."
+        ),
+    )
+    rabbitmq_consumer_timeout_seconds: int = Field(
+        default=1800,
+        ge=1,
+        # Checked against JOB_TIME_LIMIT_SECONDS when only that one is set, too.
+        validate_default=True,
+        description=(
+            "RabbitMQ's consumer_timeout (the server's setting, 30 minutes by default): "
+            "it closes the channel of a job unacknowledged this long and redelivers the "
+            "job while it still runs. JOB_TIME_LIMIT_SECONDS must stay below it."
         ),
     )
     job_backend_deadline_seconds: float = Field(
@@ -399,6 +429,49 @@ class Settings(LoggingSettings):
         if any(name != "*" and not HEADER_NAME.fullmatch(name) for name in names):
             raise ValueError("each header must be * or a header name (letters, digits, -)")
         return names
+{%- if cookiecutter.job_backend != "inprocess" %}
+
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _empty_broker_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_is_redis_or_rabbitmq(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Never the value in the message: a broker URL carries its password.
+        if value is None:
+            return None
+        if urlsplit(value).scheme not in BROKER_SCHEMES:
+            raise ValueError("must be a redis://, rediss://, amqp:// or amqps:// URL")
+        if not is_rabbitmq(value) and value != info.data.get("redis_url"):
+            # A job's admission writes its message and its state in one step.
+            raise ValueError("a Redis broker must be REDIS_URL itself: leave BROKER_URL unset")
+        return value
+
+    @field_validator("rabbitmq_consumer_timeout_seconds")
+    @classmethod
+    def _jobs_end_before_rabbitmq_redelivers_them(cls, timeout: int, info: ValidationInfo) -> int:
+        # RabbitMQ would close the channel of a job still running and hand the job to
+        # another worker: two runs at once. Only a broker on RabbitMQ has this limit.
+        broker = info.data.get("broker_url") or ""
+        limit = info.data.get("job_time_limit_seconds")
+        if is_rabbitmq(broker) and isinstance(limit, int) and limit >= timeout:
+            raise ValueError(
+                f"must exceed JOB_TIME_LIMIT_SECONDS ({limit}) with the broker on RabbitMQ: "
+                "lower the job limit, or raise consumer_timeout on the server and here"
+            )
+        return timeout
+
+    @property
+    def celery_broker_url(self) -> str:
+        """Where Celery's task messages go: BROKER_URL, else REDIS_URL."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_rabbitmq(self) -> bool:
+        return is_rabbitmq(self.celery_broker_url)
+{%- endif %}
 
     @field_validator("rate_limit")
     @classmethod
@@ -475,6 +548,12 @@ def is_sentry_dsn(dsn: str) -> bool:
     except ValueError:  # its BadDsn, or urllib's for a port that is not a number
         return False
     return True
+{%- if cookiecutter.job_backend != "inprocess" %}
+
+
+def is_rabbitmq(url: str) -> bool:
+    return urlsplit(url).scheme in RABBITMQ_SCHEMES
+{%- endif %}
 
 
 class SettingsError(ValueError):

@@ -98,6 +98,9 @@ WORKER_PUBLISH_RETRY_POLICY = {
 }
 # Storing a job's state: tries until Redis answers, backing off to 2 s between tries.
 WORKER_STORE_MAX_WAIT_MS = 2000
+# The worker's AMQP heartbeat: RabbitMQ closes a silent connection after about twice
+# this, and hands its unacknowledged jobs to other workers (see `rabbitmq_config`).
+RABBITMQ_HEARTBEAT_SECONDS = 10
 
 
 class PollingRedisBackend(RedisBackend):
@@ -115,26 +118,9 @@ class PollingRedisBackend(RedisBackend):
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     hard_limit = settings.job_time_limit_seconds
-    # Redis redelivers a task whose worker has not acked it within the visibility
-    # timeout. It must exceed the hard limit, or a job still running would be started
-    # a second time beside the first.
-    visibility_timeout = math.ceil(hard_limit * 1.5)
-    # How often the worker sweeps for tasks abandoned by a dead worker. kombu scans on
-    # every Nth sweep (throttle); 1 makes the interval the only knob.
-    restore_interval = max(1, min(10, visibility_timeout // 10))
-    # A sweep holds a lock in Redis for the few milliseconds it takes; a worker killed
-    # while holding it would leave it for kombu's default 5 minutes, during which no
-    # worker restores anything. A few sweep intervals are plenty.
-    sweep_lock_seconds = 5 * restore_interval
-    redis_timeouts = {
-        "socket_timeout": REDIS_TIMEOUT_SECONDS,
-        "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
-    }
     return {
-        "broker_url": settings.redis_url,
-        # kombu's Redis transport, checking each message it pops: a malformed one is
-        # set aside instead of stopping the worker (see broker.py).
-        "broker_transport": f"{broker.__name__}:{broker.Transport.__name__}",
+        "broker_url": settings.celery_broker_url,
+        **(rabbitmq_config() if settings.broker_is_rabbitmq else redis_broker_config(hard_limit)),
         # `<class>+<url>`: Celery's own notation for a result store class of one's own.
         "result_backend": f"{__name__}:{PollingRedisBackend.__name__}+{settings.redis_url}",
         # JSON only: pickle would let anyone who can write to Redis run code here.
@@ -155,37 +141,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # hard limit never fires.
         "task_time_limit": hard_limit,
         "task_soft_time_limit": max(1, math.floor(hard_limit * 0.9)),
-        # The visibility timeout is read from all three places, depending on the
-        # component; set it in each, as the Celery docs for Redis say.
-        "broker_transport_options": {
-            "visibility_timeout": visibility_timeout,
-            "unacked_restore_interval": restore_interval,
-            "unacked_restore_throttle": 1,
-            "unacked_mutex_expire": sweep_lock_seconds,
-            **redis_timeouts,
-        },
         "result_backend_transport_options": {
-            "visibility_timeout": visibility_timeout,
+            "visibility_timeout": math.ceil(hard_limit * 1.5),
             # The default retries a failed store 20 times (about 20 s per request
             # while Redis is down); once is enough, the caller gets a 503 and retries.
             "retry_policy": {"max_retries": 1},
         },
-        "visibility_timeout": visibility_timeout,
         "redis_socket_timeout": REDIS_TIMEOUT_SECONDS,
         "redis_socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
         "redis_retry_on_timeout": False,
         # Publishing: no retry loop inside a request, and a bounded wait for a
-        # connection from the pool, so a dead Redis cannot hang the API.
+        # connection from the pool, so a dead broker cannot hang the API.
         "task_publish_retry": False,
         "broker_connection_timeout": REDIS_TIMEOUT_SECONDS,
         "broker_pool_acquire_timeout": REDIS_TIMEOUT_SECONDS,
-        # The worker keeps retrying the broker at start-up (Redis may come up later).
+        # The worker keeps retrying the broker at start-up (it may come up later).
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
-        # With Redis, acks do not depend on the connection that delivered the task, so
-        # a Redis blip need not cancel running jobs (measured: a 4 s outage with this on
-        # revoked the running job, and it was never run again).
-        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "result_expires": settings.job_retention_seconds,
         # Every state Celery stores carries the task's arguments (the job's name and
         # params): what `POST /jobs/{id}/retry` runs again. Stored there, the API's
@@ -198,6 +170,77 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def redis_broker_config(hard_limit: int) -> dict[str, Any]:
+    """Redis as the broker: the task messages in a list, acks in a sorted set."""
+    # Redis redelivers a task whose worker has not acked it within the visibility
+    # timeout. It must exceed the hard limit, or a job still running would be started
+    # a second time beside the first.
+    visibility_timeout = math.ceil(hard_limit * 1.5)
+    # How often the worker sweeps for tasks abandoned by a dead worker. kombu scans on
+    # every Nth sweep (throttle); 1 makes the interval the only knob.
+    restore_interval = max(1, min(10, visibility_timeout // 10))
+    # A sweep holds a lock in Redis for the few milliseconds it takes; a worker killed
+    # while holding it would leave it for kombu's default 5 minutes, during which no
+    # worker restores anything. A few sweep intervals are plenty.
+    sweep_lock_seconds = 5 * restore_interval
+    return {
+        # kombu's Redis transport, checking each message it pops: a malformed one is
+        # set aside instead of stopping the worker (see broker.py).
+        "broker_transport": f"{broker.__name__}:{broker.Transport.__name__}",
+        # The visibility timeout is read from three places, depending on the
+        # component; set it in each, as the Celery docs for Redis say.
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            "unacked_restore_interval": restore_interval,
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": sweep_lock_seconds,
+            "socket_timeout": REDIS_TIMEOUT_SECONDS,
+            "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+        },
+        "visibility_timeout": visibility_timeout,
+        # With Redis, acks do not depend on the connection that delivered the task, so
+        # a Redis blip need not cancel running jobs (measured: a 4 s outage with this on
+        # revoked the running job, and it was never run again).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }
+
+
+def rabbitmq_config() -> dict[str, Any]:
+    """RabbitMQ as the broker (`BROKER_URL` amqp://), configured for durability.
+
+    RabbitMQ hands a consumer's unacknowledged messages to another consumer as soon as
+    the consumer's connection closes: there is no visibility timeout to wait out.
+    """
+    return {
+        # Quorum queues: durable and replicated (Raft) across the nodes of a cluster, the
+        # queue type RabbitMQ recommends for data safety; a classic queue lives on one
+        # node. Celery 5.5+ then uses per-consumer prefetch, which they require.
+        "task_default_queue_type": "quorum",
+        # A retry with a countdown (`autoretry_for` backs off) goes through Celery's
+        # native delayed delivery, which quorum queues need (they cannot hold ETA
+        # tasks in a worker with a global prefetch) and which routes through a topic
+        # exchange; a direct one makes Celery fall back with a warning.
+        "task_default_exchange_type": "topic",
+        "broker_transport_options": {
+            # Publisher confirms: a publish returns once RabbitMQ has the message (a
+            # quorum queue: written to a majority of its nodes), so a 202 means the job
+            # is there; a refused one raises instead of vanishing.
+            "confirm_publish": True,
+            # A broker that accepts the connection and never answers: a bounded wait.
+            "read_timeout": REDIS_TIMEOUT_SECONDS,
+            "write_timeout": REDIS_TIMEOUT_SECONDS,
+        },
+        # A worker's jobs come back to the queue when its connection drops, so a
+        # running job would run twice (here and on the worker that gets it) unless
+        # the worker stops it: it does, on a lost connection.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # How soon RabbitMQ notices a worker that vanished (a dead host sends no TCP
+        # reset): the connection is closed after about two silent intervals, and its
+        # jobs go to another worker. Celery's default is 120 s.
+        "broker_heartbeat": RABBITMQ_HEARTBEAT_SECONDS,
+    }
+
+
 def worker_config(settings: Settings) -> dict[str, Any]:
     """The worker's configuration: the API's, except that it waits out a Redis outage.
 
@@ -207,8 +250,13 @@ def worker_config(settings: Settings) -> dict[str, Any]:
     published after up to a minute of tries. A job that reaches its hard time limit
     while it waits is stopped by the limit as usual.
     """
+    config = celery_config(settings)
+    if settings.broker_is_rabbitmq:
+        # The worker's connection waits on the broker in its event loop, with
+        # heartbeats: a socket timeout there would break its idle connection.
+        config["broker_transport_options"] = {"confirm_publish": True}
     return {
-        **celery_config(settings),
+        **config,
         # Without this, Celery retries only the final write of a store (its read of the
         # current state before it is not): a 10 s freeze failed every running job.
         "result_backend_always_retry": True,

@@ -1,5 +1,6 @@
-"""Run jobs on Celery workers through Redis: durable, retried, and scaled out by
-starting more workers, on any machine that reaches the same Redis.
+"""Run jobs on Celery workers through a broker (Redis or RabbitMQ, `BROKER_URL`), with
+their states in Redis: durable, retried, and scaled out by starting more workers, on
+any machine that reaches the same broker and Redis.
 
 Submitting a job never leaves the event loop (see `QueuePublisher`); reading a job's
 state and the readiness checks call Celery, which blocks, so each runs in a thread. All
@@ -20,11 +21,15 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
+import amqp.exceptions
 import redis
 import redis.asyncio
+from celery import Celery
 from celery import states as celery_states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import TaskRevokedError
+from kombu import Connection, Producer
+from kombu.transport.base import StdChannel
 from kombu.utils.encoding import bytes_to_str
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -92,6 +97,13 @@ AFTER_RESPONSE_ERRORS: tuple[type[Exception], ...] = (
 )
 # What ends a batch of submissions on the wire: those, or its deadline.
 SEND_ERRORS: tuple[type[Exception], ...] = (TimeoutError, *UNAVAILABLE_ERRORS)
+# What a publish to RabbitMQ may meet besides: a channel or connection the broker
+# closed (py-amqp's own errors), or a message it refused (a negative confirm).
+AMQP_SEND_ERRORS: tuple[type[Exception], ...] = (
+    *SEND_ERRORS,
+    amqp.exceptions.AMQPError,
+    amqp.exceptions.MessageNacked,
+)
 
 # What clients read for failures that Celery itself records, not the job's own errors.
 CELERY_FAILURES = {
@@ -132,16 +144,20 @@ IDEMPOTENCY_KEY_PREFIX = "idempotency-key-"
 # One call a batch, not a job: a call costs the server about 10 us beyond the commands
 # it runs (EVALSHA per job: 16-22 us of Redis CPU a job against 5.3 us for SET and
 # LPUSH, bench/publish_cost.py).
+# With RabbitMQ as the broker the messages go there instead (see `AmqpPublisher`): the
+# script then only claims and records, against the queue length RabbitMQ gave.
 # KEYS: the queue, then each job's state key and idempotency key (its state key again
-# when it has none). ARGV: MAX_QUEUED_JOBS, the expiry in seconds, then each job's
-# state, message and claim ("" when it has none).
+# when it has none). ARGV: MAX_QUEUED_JOBS, the expiry in seconds, the queue's length
+# ("": read and push to the Redis list KEYS[1]), then each job's state, message and
+# claim ("" when it has none).
 ADMIT_SCRIPT = """
-local waiting = redis.call('LLEN', KEYS[1])
 local limit, expires = tonumber(ARGV[1]), ARGV[2]
+local in_redis = ARGV[3] == ''
+local waiting = in_redis and redis.call('LLEN', KEYS[1]) or tonumber(ARGV[3])
 local replies = {}
 for job = 1, (#KEYS - 1) / 2 do
   local state_key, claim_key = KEYS[2 * job], KEYS[2 * job + 1]
-  local state, message, claim = ARGV[3 * job], ARGV[3 * job + 1], ARGV[3 * job + 2]
+  local state, message, claim = ARGV[3 * job + 1], ARGV[3 * job + 2], ARGV[3 * job + 3]
   local first = claim ~= '' and redis.call('GET', claim_key)
   if first then
     replies[job] = first
@@ -150,7 +166,7 @@ for job = 1, (#KEYS - 1) / 2 do
   else
     if claim ~= '' then redis.call('SET', claim_key, claim, 'EX', expires) end
     redis.call('SET', state_key, state, 'EX', expires)
-    redis.call('LPUSH', KEYS[1], message)
+    if in_redis then redis.call('LPUSH', KEYS[1], message) end
     waiting = waiting + 1
     replies[job] = 1
   end
@@ -161,6 +177,15 @@ ADMIT_SCRIPT_SHA = hashlib.sha1(ADMIT_SCRIPT.encode(), usedforsecurity=False).he
 # Jobs a call of the script at most: a few milliseconds of Redis's time at the most.
 ADMIT_SCRIPT_JOBS = 128
 ADMITTED, QUEUE_FULL = 1, 0
+# Undoes an admission whose message RabbitMQ did not take: the QUEUED record goes, and
+# the idempotency claim if it is still this job's, so that the id was never issued and
+# the key is free for the client's retry. KEYS: state key, claim key (the state key
+# when none). ARGV: the claim as the admission wrote it ("" when none).
+UNDO_ADMISSION = """
+redis.call('DEL', KEYS[1])
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 0
+"""
 
 
 class Submission:
@@ -169,22 +194,45 @@ class Submission:
     `sent` resolves to the id of the job that answers the submission: its own, or the
     first job of its idempotency key."""
 
-    __slots__ = ("claim", "job_id", "message", "sent", "state", "state_key")
+    __slots__ = (
+        "claim",
+        "job_id",
+        "message",
+        "sent",
+        "state",
+        "state_key",
+        "task_args",
+        "task_headers",
+    )
 
     def __init__(
         self,
         job_id: str,
         state_key: str,
         state: bytes,
-        message: str,
+        task_args: tuple[str, dict[str, Any]],
+        task_headers: dict[str, Any],
         claim: IdempotencyClaim | None = None,
     ) -> None:
         self.job_id = job_id
         self.state_key = state_key
         self.state = state
-        self.message = message
+        self.task_args = task_args
+        self.task_headers = task_headers
+        # The task message as the Redis list holds it (`QueuePublisher.prepare`).
+        self.message = ""
         self.claim = claim
         self.sent: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @property
+    def claim_key(self) -> str:
+        """Where its claim goes: its state key again when it has none (a key the
+        admission script reads but, with no claim, never writes)."""
+        return self.state_key if self.claim is None else IDEMPOTENCY_KEY_PREFIX + self.claim.key
+
+    @property
+    def claim_value(self) -> str:
+        return "" if self.claim is None else f"{self.claim.request_hash} {self.job_id}"
 
     def settle(self, reply: object, max_queued: int) -> None:
         """Resolve `sent` from the script's reply."""
@@ -254,6 +302,17 @@ class QueuePublisher:
         self._waiting: list[Submission] = []
         self._sender: asyncio.Task[None] | None = None
 
+    def prepare(self, app: Celery, submission: Submission) -> None:
+        """Build the submission's task message, as kombu's Redis transport stores it."""
+        submission.message = encode_task_message(
+            app,
+            RUN_JOB_TASK,
+            submission.job_id,
+            submission.task_args,
+            submission.task_headers,
+            self.queue,
+        )
+
     async def publish(self, submission: Submission) -> str:
         """Send it with the next batch, and return the id of the job that answers it
         (see `Submission`); raise JobBackendUnavailableError if Redis does not take it
@@ -291,15 +350,27 @@ class QueuePublisher:
                 # No PUBLISH of QUEUED, unlike every later state: no one can follow a job
                 # before its id is returned, after this write. It would cost 9 us of CPU a
                 # job (bench/state_publish_cost.py), for no reader.
-                replies = await self._admit(batch)
-                if any(isinstance(r, NoScriptError) for r in replies):
-                    # Redis restarted (or its scripts were flushed) since it last ran the
-                    # script: a refused EVALSHA did nothing, so the batch goes again.
-                    await self._redis.script_load(ADMIT_SCRIPT)
-                    replies = await self._admit(batch)
+                replies = await self._admit_loaded(batch)
         except SEND_ERRORS as exc:
             self._fail(batch, exc)
             return
+        self._settle(batch, replies)
+
+    async def _admit_loaded(self, batch: list[Submission], waiting: int | None = None) -> list[Any]:
+        replies = await self._admit(batch, waiting)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            # Redis restarted (or its scripts were flushed) since it last ran the
+            # script: a refused EVALSHA did nothing, so the batch goes again.
+            await self._redis.script_load(ADMIT_SCRIPT)
+            replies = await self._admit(batch, waiting)
+        return replies
+
+    def _settle(
+        self, batch: list[Submission], replies: list[Any], *, hold_admitted: bool = False
+    ) -> list[Submission]:
+        """Answer each submission from the script's replies; with `hold_admitted`, the
+        admitted ones are returned instead, for their messages to be sent."""
+        admitted = []
         chunks = range(0, len(batch), ADMIT_SCRIPT_JOBS)
         for start, reply in zip(chunks, replies, strict=True):
             chunk = batch[start : start + ADMIT_SCRIPT_JOBS]
@@ -307,8 +378,11 @@ class QueuePublisher:
                 self._fail(chunk, reply)
                 continue
             for submission, job_reply in zip(chunk, reply, strict=True):
-                if not submission.sent.done():
+                if hold_admitted and job_reply == ADMITTED:
+                    admitted.append(submission)
+                elif not submission.sent.done():
                     submission.settle(job_reply, self.max_queued)
+        return admitted
 
     @staticmethod
     def _fail(batch: list[Submission], exc: Exception) -> None:
@@ -318,26 +392,19 @@ class QueuePublisher:
             if not submission.sent.done():
                 submission.sent.set_exception(error)
 
-    async def _admit(self, batch: list[Submission]) -> list[Any]:
+    async def _admit(self, batch: list[Submission], waiting: int | None = None) -> list[Any]:
         """The batch through the admission script, in one pipeline: a reply a call
-        (the list of its jobs' replies), or the error of that call."""
+        (the list of its jobs' replies), or the error of that call. `waiting`: the
+        broker queue's length, where the broker is not this Redis."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(batch), ADMIT_SCRIPT_JOBS):
                 keys = [self.queue]
-                args: list[str | bytes | int] = [self.max_queued, self.state_expires]
+                # A later call counts the earlier calls' jobs as queued: at most the limit.
+                length = "" if waiting is None else waiting + start
+                args: list[str | bytes | int] = [self.max_queued, self.state_expires, length]
                 for submission in batch[start : start + ADMIT_SCRIPT_JOBS]:
-                    claim = submission.claim
-                    keys += [
-                        submission.state_key,
-                        submission.state_key
-                        if claim is None
-                        else IDEMPOTENCY_KEY_PREFIX + claim.key,
-                    ]
-                    args += [
-                        submission.state,
-                        submission.message,
-                        "" if claim is None else f"{claim.request_hash} {submission.job_id}",
-                    ]
+                    keys += [submission.state_key, submission.claim_key]
+                    args += [submission.state, submission.message, submission.claim_value]
                 pipe.evalsha(ADMIT_SCRIPT_SHA, len(keys), *keys, *args)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
             return replies
@@ -350,6 +417,168 @@ class QueuePublisher:
         if self._sender is not None:
             await asyncio.wait([self._sender], timeout=self.deadline_seconds)
         await self._redis.aclose()
+
+
+class AmqpPublisher(QueuePublisher):
+    """Publishes jobs to RabbitMQ (`BROKER_URL` amqp://), admitted in Redis first.
+
+    A batch takes three steps: the queue's length from RabbitMQ (a passive declare),
+    the admission script in Redis with that length (the claims and QUEUED records, no
+    message), then each admitted job's message, waiting for RabbitMQ's confirm. A job
+    whose message was not confirmed loses its record and claim again and gets a 503:
+    its id was never issued. The record precedes the message, so a worker never finds
+    a job without one.
+
+    py-amqp blocks, and a connection is not to be shared between threads: one thread of
+    this publisher's own keeps one connection and does all the broker work, between
+    batches too, so a batch costs one thread hop for the length and one for its
+    messages, however many jobs it holds. Celery's `send_task` is not used: it would
+    also subscribe this process to every job's result (the Redis result store's
+    `on_task_call`), which the API never waits on.
+
+    MAX_QUEUED_JOBS counts the messages RabbitMQ holds and has not delivered; API
+    processes that admit at the same moment read the same length, so the queue can
+    pass the limit by up to a batch per process (with Redis as the broker, the script
+    counts and pushes in one atomic step, and it never does).
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        redis_url: str,
+        queue: str,
+        state_expires: int,
+        deadline_seconds: float,
+        max_queued: int,
+    ) -> None:
+        super().__init__(redis_url, queue, state_expires, deadline_seconds, max_queued)
+        self._app = app
+        self._broker_thread = ThreadPoolExecutor(1, thread_name_prefix="amqp-publisher")
+        self._connection: Connection | None = None
+        self._channel: StdChannel | None = None
+        self._producer: Producer | None = None
+
+    def prepare(self, app: Celery, submission: Submission) -> None:
+        return None  # the message is built where it is sent, in the broker thread
+
+    async def _send(self, batch: list[Submission]) -> None:
+        try:
+            async with asyncio.timeout(self.deadline_seconds):
+                waiting = await self._in_broker_thread(self._count_waiting)
+                replies = await self._admit_loaded(batch, waiting)
+        except AMQP_SEND_ERRORS as exc:
+            self._fail(batch, exc)
+            return
+        admitted = self._settle(batch, replies, hold_admitted=True)
+        if not admitted:
+            return
+        # Not under the deadline: each publish is bounded by the connection's timeouts,
+        # and a job's client has its 503 at its own deadline anyway (`publish`).
+        confirmed, error = await self._in_broker_thread(partial(self._publish_each, admitted))
+        for submission in admitted[:confirmed]:
+            if not submission.sent.done():
+                submission.sent.set_result(submission.job_id)
+        if error is not None:
+            unsent = admitted[confirmed:]
+            self._fail(unsent, error)
+            await self._undo(unsent)
+
+    async def _in_broker_thread(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._broker_thread, call)
+
+    def _connected(self) -> tuple[StdChannel, Producer]:
+        if self._channel is None or self._producer is None:
+            connection = self._app.connection_for_write()
+            try:
+                connection.connect()
+                channel = connection.channel()
+                # The queue as the workers declare it (a quorum queue, bound to its
+                # exchange): a job published before any worker started is kept.
+                self._app.amqp.queues[self.queue].bind(channel).declare()
+            except BaseException:
+                connection.release()
+                raise
+            self._connection, self._channel = connection, channel
+            self._producer = Producer(channel)
+        return self._channel, self._producer
+
+    def _drop_connection(self) -> None:
+        """Forget a connection that failed: the next batch opens a new one."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.release()
+        self._connection = self._channel = self._producer = None
+
+    def _count_waiting(self) -> int:
+        try:
+            channel, _ = self._connected()
+            queue = self._app.amqp.queues[self.queue].bind(channel)
+            # (name, message count, consumer count): kombu's stubs say str.
+            declared: Any = queue.queue_declare(passive=True)
+        except AMQP_SEND_ERRORS:
+            self._drop_connection()
+            raise
+        return int(declared.message_count)
+
+    def _publish_each(self, admitted: list[Submission]) -> tuple[int, Exception | None]:
+        """Publish the jobs in order, each confirmed; stop at the first that fails.
+        Returns how many were confirmed, and the error that stopped the rest."""
+        amqp_app = self._app.amqp
+        for done, submission in enumerate(admitted):
+            try:
+                _, producer = self._connected()
+                name, params = submission.task_args
+                message = amqp_app.create_task_message(
+                    submission.job_id,
+                    RUN_JOB_TASK,
+                    (name, params),
+                    {},
+                    reply_to=self._app.thread_oid,
+                    ignore_result=None,  # what `send_task` passes when its caller names none
+                )
+                amqp_app.send_task_message(
+                    producer,
+                    RUN_JOB_TASK,
+                    message,
+                    queue=self.queue,
+                    headers=submission.task_headers,
+                    retry=False,
+                    confirm_timeout=REDIS_TIMEOUT_SECONDS,
+                )
+            except AMQP_SEND_ERRORS as exc:
+                self._drop_connection()
+                return done, exc
+        return len(admitted), None
+
+    async def _undo(self, unsent: list[Submission]) -> None:
+        try:
+            async with asyncio.timeout(self.deadline_seconds):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for submission in unsent:
+                        keys = (submission.state_key, submission.claim_key)
+                        pipe.eval(UNDO_ADMISSION, 2, *keys, submission.claim_value)
+                    await pipe.execute()
+        except SEND_ERRORS as exc:
+            # Their ids read QUEUED until they expire, and their keys answer with them.
+            logger.warning("%d job(s) not queued keep their records: %s", len(unsent), exc)
+
+    async def queue_length(self) -> int:
+        return await self._in_broker_thread(self._count_waiting)
+
+    async def check(self) -> str:
+        """Readiness: RabbitMQ answers (a passive declare of the queue)."""
+        try:
+            async with asyncio.timeout(self.deadline_seconds):
+                await self.queue_length()
+        except AMQP_SEND_ERRORS as exc:
+            logger.warning("readiness: RabbitMQ unreachable: %s", type(exc).__name__)
+            return f"unreachable ({type(exc).__name__})"
+        return "ok"
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._in_broker_thread(self._drop_connection)
+        self._broker_thread.shutdown()
 
 
 class CeleryBackend:
@@ -372,12 +601,16 @@ class CeleryBackend:
         self._persistence: str | None = None  # known after the first answer from Redis
         self._threads = ThreadPoolExecutor(CLIENT_THREADS, thread_name_prefix="celery-client")
         self._result_store = result_store
-        self._publisher = QueuePublisher(
-            settings.redis_url,
-            queue=self.app.conf.task_default_queue,
-            state_expires=self.retention_seconds,
-            deadline_seconds=self.deadline_seconds,
-            max_queued=settings.max_queued_jobs or DEFAULT_MAX_QUEUED_JOBS,
+        queue_options: dict[str, Any] = {
+            "queue": self.app.conf.task_default_queue,
+            "state_expires": self.retention_seconds,
+            "deadline_seconds": self.deadline_seconds,
+            "max_queued": settings.max_queued_jobs or DEFAULT_MAX_QUEUED_JOBS,
+        }
+        self._publisher = (
+            AmqpPublisher(self.app, settings.redis_url, **queue_options)
+            if settings.broker_is_rabbitmq
+            else QueuePublisher(settings.redis_url, **queue_options)
         )
         # GET /jobs/{id}/events: one pub/sub connection for all followers (redis_watch.py).
         self._subscriber = JobStateSubscriber(
@@ -414,15 +647,15 @@ class CeleryBackend:
         # Celery reports for any unknown id) was never issued.
         # With what it runs, for a retry (see `celery_app.encode_state`).
         state = encode_state(store, job.id, QUEUED, 0, (job.name, job.params))
-        message = encode_task_message(
-            self.app,
-            RUN_JOB_TASK,
+        submission = Submission(
             job.id,
+            store.get_key_for_task(job.id),
+            state,
             (job.name, job.params),
             {REQUEST_ID_HEADER: job.request_id, SUBJECT_HEADER: job.subject},
-            self._publisher.queue,
+            claim,
         )
-        submission = Submission(job.id, store.get_key_for_task(job.id), state, message, claim)
+        self._publisher.prepare(self.app, submission)
         job_id = await self._publisher.publish(submission)
         if job_id == job.id:
             logger.info("job %s (%s) queued", job.id, job.name)
@@ -640,17 +873,28 @@ class CeleryBackend:
         return JobWatch(state, slot, partial(self.get, job_id), close)
 
     async def check_dependencies(self) -> dict[str, str]:
+        """Redis (the job states) and the workers; RabbitMQ, where it is the broker, on
+        its own line: each may be down without the other."""
+        checks: dict[str, str] = {}
+        if isinstance(self._publisher, AmqpPublisher):
+            checks["broker"] = await self._publisher.check()
+        # The workers answer a ping through the broker: with the broker down, their
+        # state is unknown, and a ping would only wait for a connection.
+        ping = partial(self._check_dependencies, ping_workers=checks.get("broker", "ok") == "ok")
         try:
-            return await self._in_thread(self._check_dependencies)
+            checks.update(await self._in_thread(ping))
         except JobBackendUnavailableError as exc:
-            return {"redis": f"unreachable: {exc}", "worker": "unknown"}
+            checks.update({"redis": f"unreachable: {exc}", "worker": "unknown"})
+        return checks
 
-    def _check_dependencies(self, deadline: float) -> dict[str, str]:
+    def _check_dependencies(self, deadline: float, *, ping_workers: bool = True) -> dict[str, str]:
         try:
             self.redis.ping()
         except redis.RedisError as exc:
             logger.warning("readiness: Redis unreachable: %s", exc)
             return {"redis": f"unreachable ({type(exc).__name__})", "worker": "unknown"}
+        if not ping_workers:
+            return {"redis": "ok", "worker": "unknown"}
         remaining = deadline - time.monotonic()
         try:
             # Returns at the first reply: a healthy service answers in milliseconds,
