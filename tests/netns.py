@@ -13,8 +13,10 @@ host can be frozen (SIGSTOP to every group, as a machine that hangs) and thawed.
 test process itself talks to a host through sockets opened inside the host's namespace
 (`Host.socket`, via setns(2) on this thread only for the moment of creation).
 
-Everything is removed by `Network.close()`: processes by their process group, then the
-namespaces (deleting a namespace deletes the veth ends in it). Namespaces are named
+Everything is removed by `Network.close()`: each host's `before_stop` hooks (a server's
+own shutdown, a daemon that left its process group), its processes by their process
+group, then whatever still runs in a namespace (reported, then killed: `ip netns pids`),
+then the namespaces (deleting a namespace deletes the veth ends in it). Namespaces are named
 `scaleout-<pid>-<role>`; those of a run that was SIGKILLed (its pid gone) are removed by
 the next run (`remove_stale`), since a finalizer cannot run after SIGKILL.
 """

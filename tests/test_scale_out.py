@@ -2,29 +2,40 @@
 
 Four namespaces stand for four machines on one switch (tests/netns.py): the broker (with
 the result store), the API, and two worker hosts, each running the bake's own commands
-(`redis-server`, `uvicorn <package>.main:app`, `celery -A <package>.worker worker`) from
-the shared bake env. The test process talks to the API from inside the API's namespace,
-as a load balancer next to it would; no traffic leaves the namespaces the test made.
+(`redis-server`, `rabbitmq-server`, `uvicorn <package>.main:app`,
+`celery -A <package>.worker worker`) from the shared bake env. The test process talks
+to the API from inside the API's namespace, as a load balancer next to it would; no
+traffic leaves the namespaces the test made.
+
+The broker is a parameter (`BROKERS`), each with its own bake:
+- redis (`job_backend=celery`): one redis-server is broker and result store
+  (`REDIS_URL`).
+- rabbitmq (`job_backend=celery-rabbitmq`): a private RabbitMQ node carries the jobs
+  (`BROKER_URL` amqp://) and redis-server, on the same host, keeps results and job
+  states (`REDIS_URL`). The node's files, Erlang cookie and epmd are the test's own;
+  the machine's RabbitMQ is in another namespace and never touched.
 
 What it shows, in order, on one cluster:
 1. Jobs submitted to the API are run by both worker hosts (the worker logs say which).
 2. The host running a job is cut off mid-job: its cable unplugged at the switch and its
    processes frozen, as a machine that hangs or loses power. The job completes once, on
    the other host; the API answers every request meanwhile (new jobs included). The time
-   from the cut to completion is measured and printed: with Redis it is the visibility
+   from the cut to completion is measured and printed. With Redis it is the visibility
    timeout (1.5 x JOB_TIME_LIMIT_SECONDS, counted from the job's delivery) plus up to
-   one restore sweep plus the job's own duration.
+   one restore sweep plus the job's own duration. With RabbitMQ there is no visibility
+   timeout: the job comes back once RabbitMQ has missed the silent worker's heartbeats
+   (the bake's 10 s; about two of them) and closed its connection, plus the job.
 3. The cut host returns (plugged in, thawed): it does not run the job again, and the
    job's state stays the other host's result; the host takes new jobs.
-4. The API host is cut from the broker: submissions get 503 within 2 s, readiness says
-   Redis is what failed, and everything recovers by itself once the cable is back.
-
-The broker is a parameter (`BROKERS`): Redis here; RabbitMQ (issue 13) adds an entry
-that starts its server on the broker host and sets `BROKER_URL`.
+4. The API host is cut from the broker host: submissions get 503 within 2 s, readiness
+   says what failed (Redis; with RabbitMQ the broker and Redis, both on that host), and
+   everything recovers by itself once the cable is back.
 
 It runs as root where `ip netns` works, and skips saying why elsewhere, unless
-REQUIRE_NETNS=1 (set by .ci/run) makes that a failure. Every namespace, link and process
-is removed at the end, on failure and on SIGTERM too.
+REQUIRE_NETNS=1 (set by .ci/run) makes that a failure; the RabbitMQ entry needs
+rabbitmq-server as well. Every namespace, link and process is removed at the end, on
+failure and on SIGTERM too, and a process still running in a namespace after its host
+was stopped (RabbitMQ's epmd, say) fails the test.
 """
 
 from __future__ import annotations
@@ -48,12 +59,16 @@ import netns
 import pytest
 from conftest import ProjectEnv, bake, clean_env
 
-# A short hard limit makes the visibility timeout short: ceil(5 x 1.5) = 8 s, and a
-# restore sweep every second (see celery_config in the bake's jobs/celery_app.py).
-JOB_TIME_LIMIT_SECONDS = 5
+# With Redis, a short hard limit makes the visibility timeout short: ceil(5 x 1.5) = 8 s,
+# and a restore sweep every second (see celery_config in the bake's jobs/celery_app.py).
+REDIS_JOB_TIME_LIMIT_SECONDS = 5
 VISIBILITY_TIMEOUT_SECONDS = 8
-# The job the cut interrupts: long enough to be cut in the middle, under the soft limit
-# (4 s).
+# RabbitMQ's redelivery does not depend on the limit: a limit longer than the cut, so
+# that when the cut host returns, what stops its stale copy of the job is the worker's
+# lost connection, not a limit passed while it was frozen.
+RABBITMQ_JOB_TIME_LIMIT_SECONDS = 120
+# The job the cut interrupts: long enough to be cut in the middle, under the soft
+# limits (4 s with Redis).
 LONG_JOB_SECONDS = 2.5
 SHORT_JOB_SECONDS = 0.6
 API_PORT = 8000
@@ -183,6 +198,7 @@ class Broker:
     job_backend: str  # the cookiecutter answer
     start: Callable[[netns.Host, Path], None]
     service_env: Callable[[netns.Host], dict[str, str]]
+    job_time_limit: int  # JOB_TIME_LIMIT_SECONDS of the API and the workers
     # What brings a lost host's job back, for the printed measurement.
     redelivery: str
     # Cut to completion at most: the redelivery, the job, and slack for a busy machine
@@ -302,6 +318,7 @@ BROKERS = {
         "celery",
         _start_redis,
         lambda host: {"REDIS_URL": f"redis://{host.address}:6379/0"},
+        job_time_limit=REDIS_JOB_TIME_LIMIT_SECONDS,
         redelivery=f"visibility timeout {VISIBILITY_TIMEOUT_SECONDS} s",
         # The visibility timeout, a restore sweep (every second), the job, slack.
         recovery_ceiling=VISIBILITY_TIMEOUT_SECONDS + 1 + LONG_JOB_SECONDS + 20,
@@ -315,6 +332,7 @@ BROKERS = {
             "BROKER_URL": f"amqp://guest:guest@{host.address}:5672//",
             "REDIS_URL": f"redis://{host.address}:6379/0",
         },
+        job_time_limit=RABBITMQ_JOB_TIME_LIMIT_SECONDS,
         redelivery=f"RabbitMQ missed the worker's heartbeats ({BROKER_HEARTBEAT_SECONDS} s)",
         # No visibility timeout: the job comes back when RabbitMQ closes the silent
         # connection, after about two missed heartbeats (20-30 s); then the job, slack.
@@ -367,7 +385,7 @@ def cluster(
             PYTHONPATH=str(project / "src"),
             PYTHONDONTWRITEBYTECODE="1",
             JOBS_BACKEND="celery",
-            JOB_TIME_LIMIT_SECONDS=str(JOB_TIME_LIMIT_SECONDS),
+            JOB_TIME_LIMIT_SECONDS=str(broker.job_time_limit),
             LOG_FORMAT="json",
             LOG_LEVEL="INFO",
             **broker.service_env(broker_host),
@@ -514,9 +532,10 @@ def _cut_host_returns_without_running_it_again(cluster: Cluster, role: str, job_
     lines_before = len(returned.messages())
     returned.host.plug()
     returned.host.thaw()
-    # Its pool process resumes where it froze; the hard limit (already past) stops it,
-    # and its late outcome must not overwrite the result. Wait out the rest of the job
-    # and the limit's check.
+    # Its pool process resumes where it froze. With Redis the soft limit, passed while
+    # frozen, stops it; with RabbitMQ the worker's lost connection must (the limit is
+    # far off). Its late outcome must not overwrite the result. Wait out the rest of
+    # the job and the limit's check.
     time.sleep(LONG_JOB_SECONDS + 2)
     after = cluster.job(job_id)
     assert after == before, f"the returned host changed the job's state: {before} -> {after}"
@@ -549,6 +568,7 @@ def _api_host_cut_from_the_broker(cluster: Cluster) -> None:
     assert ready.status == 503, ready
     for check in cluster.broker.readiness_checks:
         assert "unreachable" in ready.body["checks"][check], ready
+    failing = [name for name, outcome in ready.body["checks"].items() if outcome != "ok"]
     assert cluster.call("GET", "/health/live").status == 200
     cut_for = time.monotonic() - cut_at
 
@@ -566,8 +586,8 @@ def _api_host_cut_from_the_broker(cluster: Cluster) -> None:
     wait_until(lambda: cluster.call("GET", "/health/ready").status == 200, 30, "readiness")
     cluster.measure(
         f"API host cut from the broker for {cut_for:.1f} s: 503 after "
-        f"{', '.join(f'{s:.2f}' for s in waits)} s; first 202 {recovered:.2f} s "
-        "after the link returned"
+        f"{', '.join(f'{s:.2f}' for s in waits)} s, readiness 503 ({', '.join(failing)} not ok); "
+        f"first 202 {recovered:.2f} s after the link returned"
     )
 
 
@@ -594,3 +614,27 @@ def test_require_netns_turns_the_skip_into_a_failure(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("REQUIRE_NETNS")
     with pytest.raises(pytest.skip.Exception, match=r"^no root$"):
         _skip_or_fail("no root")
+
+
+def test_a_process_that_outlives_its_host_is_reported_and_killed(tmp_path: Path) -> None:
+    """What RabbitMQ's epmd would do without its kill: leave its process group."""
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        _skip_or_fail(reason)
+    network = netns.Network()
+    try:
+        host = network.add_host("daemon")
+        pid_file = tmp_path / "daemon.pid"
+        host.popen(
+            ["setsid", "sh", "-c", f"sleep 300 & echo $! > {pid_file}"],
+            log_path=tmp_path / "daemon.log", env={"PATH": os.defpath}, cwd=tmp_path,
+        )  # fmt: skip
+        wait_until(lambda: pid_file.read_text().strip() if pid_file.exists() else "", 10, "sh")
+        daemon = int(pid_file.read_text())
+        assert daemon in host.pids()
+    finally:
+        left = network.close()
+    assert left == [f"{network.prefix}-daemon: process {daemon} sleep 300"]
+    # Killed: gone, or a zombie waiting for whoever adopted it to reap it.
+    stat = Path(f"/proc/{daemon}/stat")
+    assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
