@@ -459,7 +459,7 @@ def _workdir(root: Path, host: netns.Host) -> Path:
 
 # Estimates per broker: RabbitMQ takes about 10 s to start and 20-30 s to give a lost
 # worker's job back.
-LANE_SECONDS = {"redis": 70, "rabbitmq": 110}
+LANE_SECONDS = {"redis": 70, "rabbitmq": 100}
 
 
 @pytest.mark.parametrize(
