@@ -15,9 +15,13 @@ import contextlib
 import os
 import secrets
 import shutil
+import socket
+import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import amqp
 import pytest
@@ -69,8 +73,7 @@ def _make_vhost() -> str:
 
 def _empty(name: str) -> None:
     """Delete the queues the tests' apps declared in our vhost `name`."""
-    connection = amqp.Connection(LOCAL_HOST, userid=USER, password=PASSWORD, virtual_host=name)
-    connection.connect()
+    connection = _connect(f"amqp://{USER}:{PASSWORD}@{LOCAL_HOST}/{name}")
     try:
         channel = connection.channel()
         for queue in DECLARED_QUEUES:
@@ -117,3 +120,125 @@ def delete_vhosts() -> None:
     while _made:
         _rabbitmqctl("delete_vhost", _made.pop())
     _free.clear()
+
+
+def _connect(broker_url: str) -> amqp.Connection:
+    parts = urlsplit(broker_url)
+    connection = amqp.Connection(
+        f"{parts.hostname}:{parts.port or 5672}",
+        userid=unquote(parts.username or USER),
+        password=unquote(parts.password or PASSWORD),
+        virtual_host=unquote(parts.path[1:]) or "/",
+    )
+    connection.connect()
+    return connection
+
+
+def queued_task_ids(broker_url: str, queue: str = "celery") -> list[str]:
+    """The ids of the tasks waiting in `queue`, read without taking them: each message
+    is fetched unacknowledged, and closing the connection puts them all back."""
+    connection = _connect(broker_url)
+    ids = []
+    try:
+        channel = connection.channel()
+        while (message := channel.basic_get(queue, no_ack=False)) is not None:
+            assert message.headers is not None, "a task message has headers"
+            ids.append(str(message.headers["id"]))
+    finally:
+        connection.close()
+    return ids
+
+
+def queued_count(broker_url: str, queue: str = "celery") -> int:
+    """How many tasks wait in `queue` (RabbitMQ's count: delivered ones are not in it)."""
+    connection = _connect(broker_url)
+    try:
+        declared = connection.channel().queue_declare(queue, passive=True)
+        assert declared is not None, "a passive declare answers"
+        _, count, _ = declared
+    finally:
+        connection.close()
+    return int(count)
+
+
+class TcpProxy:
+    """A broker the test can cut: a loopback port that relays to RabbitMQ; `url` is
+    `broker_url` through it.
+
+    `stop()` refuses new connections and resets the open ones (a broker that died or
+    restarted); `freeze()` accepts and holds connections but relays nothing (a hung
+    broker, or a network that drops packets); `start()` and `thaw()` undo them.
+    """
+
+    def __init__(self, broker_url: str) -> None:
+        self.broker_url = broker_url
+        parts = urlsplit(broker_url)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 5672)
+        self.port = 0  # the first start picks one, and later ones take it again
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._relaying = threading.Event()
+        self._relaying.set()
+
+    @property
+    def url(self) -> str:
+        parts = urlsplit(self.broker_url)
+        credentials = parts.netloc.rpartition("@")[0]
+        return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{self.port}"))
+
+    def start(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # Shut down first: a close alone leaves it listening under the blocked accept.
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                # SO_LINGER 0: a reset, as from a process that is gone.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
+    def freeze(self) -> None:
+        self._relaying.clear()
+
+    def thaw(self) -> None:
+        self._relaying.set()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                self._relaying.wait()
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

@@ -32,6 +32,9 @@ from {{ cookiecutter.package_name }}.jobs.queue import (
     idempotency_claim,
 )
 {%- if cookiecutter.job_backend != "inprocess" %}
+{%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+from tests import rabbitmq
+{%- endif %}
 from tests.celery_processes import RedisServer, running_worker
 {%- endif %}
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, wait_until
@@ -99,10 +102,18 @@ def admission_api(
 
             def jobs_in_redis() -> int:
                 return len(client.keys("celery-task-meta-*"))
+            {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+
+            broker = rabbitmq.broker_for(server.url)
+            yield AdmissionApi(
+                http, "celery", lambda: rabbitmq.queued_count(broker), jobs_in_redis, start_worker
+            )
+            {%- else %}
 
             yield AdmissionApi(
                 http, "celery", lambda: int(client.llen("celery")), jobs_in_redis, start_worker
             )
+            {%- endif %}
             return
         {%- endif %}
         store: InMemoryJobStore = app.state.job_backend.store
@@ -259,7 +270,11 @@ def test_submissions_go_on_after_redis_forgets_its_scripts(
         responses = [http.post("/reports", json=REPORT, headers={"Idempotency-Key": "f"})]
         responses.append(http.post("/reports", json=REPORT, headers={"Idempotency-Key": "f"}))
         assert [r.status_code for r in responses] == [202, 200]
+        {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+        assert rabbitmq.queued_count(rabbitmq.broker_for(private_redis.url)) == 2
+        {%- else %}
         assert client.llen("celery") == 2
+        {%- endif %}
         ttl = client.ttl(next(iter(client.scan_iter("idempotency-key-*"))))
         assert 0 < ttl <= make_settings().job_retention_seconds
 {%- endif %}

@@ -1,7 +1,9 @@
 """Durability of the Celery path, with real worker processes and a real Redis that the
 tests kill, stop and freeze. Each test prints how long recovery took."""
 
+{% if cookiecutter.job_backend == "celery" -%}
 import json
+{% endif -%}
 import os
 import signal
 import time
@@ -13,13 +15,18 @@ from typing import Any
 
 import httpx2 as httpx
 import pytest
+{%- if cookiecutter.job_backend == "celery" %}
 import redis
+{%- endif %}
 
 from {{ cookiecutter.package_name }}.factory import create_app
 from {{ cookiecutter.package_name }}.jobs import celery_app
 {%- if cookiecutter.auth == "token" %}
 from {{ cookiecutter.package_name }}.middleware import bearer_auth
 from tests import support
+{%- endif %}
+{%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+from tests import rabbitmq
 {%- endif %}
 from tests.celery_processes import RedisServer, WorkerProcess, redis_server, running_worker
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, wait_until
@@ -28,6 +35,9 @@ from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, 
 # timeout is 1.5 times the hard limit, and the sweep for abandoned tasks runs every
 # second at this size.
 FAST_REDELIVERY = {"JOB_TIME_LIMIT_SECONDS": "4"}
+{%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+REDIS_VISIBILITY_SECONDS = 6  # what Redis as the broker would wait with that limit
+{%- endif %}
 OUTAGE_BUDGET_SECONDS = 2.0
 {%- if cookiecutter.auth == "jwt" %}
 # Who AUTH_HEADERS' token names: the `sub` of tests/support.py's issuer's token.
@@ -97,9 +107,15 @@ def test_a_job_whose_worker_dies_is_finished_by_another_worker(
     private_redis: RedisServer, celery_api: httpx.Client, tmp_path: Path
 ) -> None:
     """SIGKILL the whole worker mid-job (a machine dying): the task was not acked, so
+    {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+    RabbitMQ hands it to the other worker as soon as the dead worker's connection
+    closes (no visibility timeout to wait out), and the job succeeds once, with one
+    {%- else %}
     Redis hands it to the other worker once the visibility timeout passes, and the
-    job succeeds once, with one result. Both workers are up before the job is
-    submitted (a worker starting on a busy machine can take longer than the job)."""
+    job succeeds once, with one
+    {%- endif %}
+    result. Both workers are up before the job is submitted (a worker starting on a
+    busy machine can take longer than the job)."""
     url = private_redis.url
     with (
         running_worker(url, "first", tmp_path, FAST_REDELIVERY) as first,
@@ -116,8 +132,17 @@ def test_a_job_whose_worker_dies_is_finished_by_another_worker(
         assert job_state(celery_api, job_id)["status"] == "running"
         killed_at = time.monotonic()
         victim.kill()
+        {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+        wait_until(lambda: started_by(survivor, job_id), 60, "the other worker to start it")
+        restarted_after = time.monotonic() - killed_at
+        {%- endif %}
         final = final_state(celery_api, job_id, 60, "the other worker to finish the job")
         print(f"whole worker killed: job finished {time.monotonic() - killed_at:.1f}s later")
+        {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+        print(f"whole worker killed: the other worker started it {restarted_after:.1f}s later")
+        # With Redis it would wait 1.5 x JOB_TIME_LIMIT_SECONDS (6 s here) to come back.
+        assert restarted_after < REDIS_VISIBILITY_SECONDS, restarted_after
+        {%- endif %}
         assert final["status"] == "succeeded", final
         assert final["result"]["rows"] == 4
         assert started_by(survivor, job_id)
@@ -158,9 +183,13 @@ def test_jobs_submitted_together_are_each_queued_once_and_each_run(
     assert [r.status_code for r in responses] == [202] * 48
     ids = {r.json()["id"] for r in responses}
     assert len(ids) == 48
+    {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+    queued = rabbitmq.queued_task_ids(rabbitmq.broker_for(private_redis.url))
+    {%- else %}
     client = redis.Redis.from_url(private_redis.url)
     queued = [json.loads(m)["headers"]["id"] for m in client.lrange("celery", 0, -1)]
     client.close()
+    {%- endif %}
     assert sorted(queued) == sorted(ids)
     assert {job_state(celery_api, i)["status"] for i in ids} == {"queued"}
     with running_worker(private_redis.url, "batch", tmp_path):
@@ -209,6 +238,69 @@ def test_redis_down_gives_a_fast_503_and_the_service_recovers_by_itself(
             interval=0.5,
         )
         print(f"Redis back: ready again after {time.monotonic() - back_at:.1f}s")
+{%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+
+
+def assert_broker_unavailable_fast(http: httpx.Client, outage: str) -> None:
+    started = time.monotonic()
+    response = http.post("/reports", json={"rows": 1})
+    elapsed = time.monotonic() - started
+    print(f"RabbitMQ {outage}: POST /reports answered {response.status_code} in {elapsed:.2f}s")
+    assert response.status_code == 503, response.text
+    assert response.json() == {"detail": "The job queue is unavailable; retry later."}
+    assert elapsed < OUTAGE_BUDGET_SECONDS
+    ready = http.get("/health/ready")
+    assert ready.status_code == 503
+    checks = ready.json()["checks"]
+    assert checks["broker"].startswith("unreachable"), checks
+    assert checks["redis"] == "ok", checks
+    assert http.get("/health/live").status_code == 200
+
+
+def test_rabbitmq_down_gives_a_fast_503_and_the_service_recovers_by_itself(
+    private_redis: RedisServer, logs: LogCapture, tmp_path: Path
+) -> None:
+    """RabbitMQ behind a relay the test cuts: refusing connections, then hung. Each
+    submission gets its 503 within the budget and readiness names the broker; once it
+    is back, the API and the worker carry on by themselves, and the job accepted before
+    the outage runs."""
+    proxy = rabbitmq.TcpProxy(rabbitmq.broker_for(private_redis.url))
+    proxy.start()
+    try:
+        with (
+            running_worker(private_redis.url, "broker-outage", tmp_path, {"BROKER_URL": proxy.url}),
+            serving_api(private_redis, logs, broker_url=proxy.url) as http,
+        ):
+            assert http.get("/health/ready").status_code == 200
+            before = http.post("/reports", json={"rows": 1, "simulate_seconds": 0.5})
+            assert before.status_code == 202, before.text
+
+            proxy.stop()  # refuses connections, and the open ones are reset
+            assert_broker_unavailable_fast(http, "refusing connections")
+            proxy.start()
+            proxy.freeze()  # accepts connections, never answers
+            assert_broker_unavailable_fast(http, "hung")
+
+            proxy.thaw()
+            back_at = time.monotonic()
+            wait_until(
+                lambda: http.post("/reports", json={"rows": 1}).status_code == 202,
+                10,
+                "POST /reports to work again",
+                interval=0.2,
+            )
+            print(f"RabbitMQ back: first 202 after {time.monotonic() - back_at:.2f}s")
+            final = final_state(http, before.json()["id"], 60, "the job from before the outage")
+            assert final["status"] == "succeeded", final
+            wait_until(
+                lambda: http.get("/health/ready").status_code == 200,
+                30,
+                "readiness to recover",
+                interval=0.5,
+            )
+    finally:
+        proxy.stop()
+{%- endif %}
 
 
 def test_readiness_says_when_no_worker_answers(celery_api: httpx.Client) -> None:
@@ -216,6 +308,9 @@ def test_readiness_says_when_no_worker_answers(celery_api: httpx.Client) -> None
     assert response.status_code == 503
     assert response.json()["checks"] == {
         "startup": "ok",
+        {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+        "broker": "ok",
+        {%- endif %}
         "redis": "ok",
         "worker": "no worker answered",
     }
