@@ -13,8 +13,10 @@ host can be frozen (SIGSTOP to every group, as a machine that hangs) and thawed.
 test process itself talks to a host through sockets opened inside the host's namespace
 (`Host.socket`, via setns(2) on this thread only for the moment of creation).
 
-Everything is removed by `Network.close()`: processes by their process group, then the
-namespaces (deleting a namespace deletes the veth ends in it). Namespaces are named
+Everything is removed by `Network.close()`: each host's `before_stop` hooks (a server's
+own shutdown, a daemon that left its process group), its processes by their process
+group, then whatever still runs in a namespace (reported, then killed: `ip netns pids`),
+then the namespaces (deleting a namespace deletes the veth ends in it). Namespaces are named
 `scaleout-<pid>-<role>`; those of a run that was SIGKILLed (its pid gone) are removed by
 the next run (`remove_stale`), since a finalizer cannot run after SIGKILL.
 """
@@ -30,7 +32,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +145,9 @@ class Host:
     cable: str  # the veth end in the switch namespace
     address: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Run first by `stop`: a server's own way down, and processes that left the groups
+    # (RabbitMQ's epmd daemonizes into a session of its own).
+    before_stop: list[Callable[[], None]] = field(default_factory=list)
 
     def popen(
         self,
@@ -166,6 +171,19 @@ class Host:
             )
         self.processes.append(process)
         return process
+
+    def run(
+        self, args: Sequence[str | Path], *, env: Mapping[str, str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `args` inside this host to completion, output captured."""
+        command = [self.network.ip, "netns", "exec", self.namespace, *map(str, args)]
+        return subprocess.run(command, env=dict(env), capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=timeout)  # fmt: skip
+
+    def pids(self) -> list[int]:
+        """Every process running in this host's namespace, ours or not."""
+        listed = self.network.ip_ok("netns", "pids", self.namespace)
+        return [int(pid) for pid in listed.split()]
 
     def socket(self) -> socket.socket:
         """A TCP socket created inside this host's namespace (it stays there)."""
@@ -212,8 +230,13 @@ class Host:
         self._signal_all(signal.SIGCONT)
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM each process group (thawed first), then SIGKILL what is left."""
+        """The `before_stop` hooks, then SIGTERM each process group (thawed first), then
+        SIGKILL what is left."""
         self.thaw()
+        for hook in self.before_stop:
+            with suppress(Exception):
+                hook()
+        self.before_stop.clear()
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in self.processes:
@@ -293,7 +316,8 @@ class Network:
         return False
 
     def close(self) -> list[str]:
-        """Stop every process, delete every namespace; return what could not be removed."""
+        """Stop every process, delete every namespace; return what outlived its stop
+        (then killed) and what could not be removed."""
         # Clients before servers (the broker host was added first): nothing logs a
         # lost broker on the way out.
         for host in reversed(self.hosts.values()):
@@ -301,9 +325,30 @@ class Network:
                 host.stop()
         left = []
         for name in reversed(self.namespaces):
+            left += [f"{name}: process {survivor}" for survivor in _survivors(name)]
             _kill_processes_in(name)
             ran = subprocess.run([self.ip, "netns", "delete", name], capture_output=True)
             if ran.returncode != 0 or (NETNS_DIR / name).exists():
                 left.append(name)
         self.namespaces.clear()
         return left
+
+
+def _survivors(namespace: str, grace: float = 5.0) -> list[str]:
+    """What still runs in `namespace` after its host was stopped, as `pid command`; a
+    process SIGKILLed a moment ago gets `grace` seconds to be gone."""
+    ip = ip_binary()
+    assert ip is not None
+    deadline = time.monotonic() + grace
+    while True:
+        listed = subprocess.run([ip, "netns", "pids", namespace], capture_output=True,
+                                text=True).stdout.split()  # fmt: skip
+        if not listed or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    found = []
+    for pid in listed:
+        with suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            found.append(f"{pid} {command.decode(errors='replace').strip()}")
+    return found
