@@ -271,9 +271,10 @@ def assert_ci_runs_the_broker_tests(
     if case.job_backend == "celery-rabbitmq":
         rabbitmq = services["rabbitmq"]
         # GitHub names the image `image`, GitLab `name`.
-        assert rabbitmq.get("image", rabbitmq.get("name")) == "rabbitmq:3.13-alpine"
+        # The management image: the tests make their vhosts through its API.
+        assert rabbitmq.get("image", rabbitmq.get("name")) == "rabbitmq:3.13-management-alpine"
         assert env["REQUIRE_BROKER"] == "1"
-        assert env["TEST_BROKER_URL"] == f"amqp://guest:guest@{broker_host}:5672//"
+        assert env["TEST_BROKER_URL"] == f"amqp://guest:guest@{broker_host}:5672"
     else:
         assert "rabbitmq" not in services
         assert "REQUIRE_BROKER" not in env

@@ -1,19 +1,22 @@
 """A real RabbitMQ for the Celery tests: a virtual host of the tests' own per Redis.
 
-Each Redis the tests start gets a vhost of the tests' own on the local RabbitMQ, made
-with `rabbitmqctl`, so that no test's messages reach the workers of another. A vhost
-is made once and reused: when its Redis stops, the queues the tests' apps declared in
-it are deleted (with what they still hold) and the next Redis gets it; `rabbitmqctl`
-costs about 2 s a call, and a suite starts some 25 Redis servers, at most three at
-once. With `TEST_BROKER_URL` (a CI service, say, where there is no `rabbitmqctl`) all
-tests share that vhost, and delete the queues they declared there after each Redis:
-the tests refuse a vhost whose job queue exists before they declare it, which would
-not be theirs. The vhosts are deleted at
-the end of the session (`delete_vhosts`). Without a broker, the tests that need one
-skip, saying why, unless `REQUIRE_BROKER=1` turns that into a failure (as in CI).
+Each Redis the tests start gets a vhost of the tests' own, so that no test's messages
+reach the workers of another: on the local RabbitMQ, made with `rabbitmqctl`; or, with
+`TEST_BROKER_URL` (amqp://user:password@host:port, a CI service say, where there is
+no `rabbitmqctl`), on that server, made through its management API
+(`TEST_BROKER_MANAGEMENT_URL`, by default http://host:15672 with the same user). A
+vhost is made once and reused: when its Redis stops, the queues the tests' apps
+declared in it are deleted (with what they still hold) and the next Redis gets it;
+`rabbitmqctl` costs about 2 s a call, and a suite starts some 25 Redis servers, at
+most three at once. The vhosts are deleted at the end of the session
+(`delete_vhosts`); nothing else on the server is touched. Without a broker, the tests
+that need one skip, saying why, unless `REQUIRE_BROKER=1` turns that into a failure
+(as in CI).
 """
 
+import base64
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -21,15 +24,16 @@ import socket
 import struct
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import amqp
 import pytest
 
-# Where the local RabbitMQ listens, and the user `rabbitmqctl` gives each vhost to.
-LOCAL_HOST, USER, PASSWORD = "127.0.0.1:5672", "guest", "guest"
+# The local RabbitMQ, where `rabbitmqctl` makes the vhosts, and the user it gives them.
+LOCAL_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672"
 RABBITMQCTL_TIMEOUT_SECONDS = 60
 # Settings and processes that name no broker get this one, which refuses connections:
 # nothing a test does lands on a vhost that is not the tests' own.
@@ -40,7 +44,6 @@ DECLARED_QUEUES = ("celery", *(f"celery_delayed_{level}" for level in range(28))
 
 _free: list[str] = []  # vhosts of ours, emptied, for the next Redis
 _made: list[str] = []  # every vhost made here, to delete at the end
-_checked: set[str] = set()  # TEST_BROKER_URLs found without a job queue of others
 # The broker of each Redis the tests run now (see `broker_for`).
 _broker_of_redis: dict[str, str] = {}
 
@@ -49,6 +52,17 @@ def skip_or_fail(reason: str) -> None:
     if os.environ.get("REQUIRE_BROKER") == "1":
         pytest.fail(f"REQUIRE_BROKER=1 but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def _server() -> str:
+    """amqp://user:password@host:port of the server the vhosts are made on."""
+    url = os.environ.get("TEST_BROKER_URL") or LOCAL_BROKER_URL
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="", query="", fragment=""))
+
+
+def _vhost_url(name: str) -> str:
+    return f"{_server()}/{quote(name, safe='')}"
 
 
 def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -61,28 +75,47 @@ def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _management(method: str, path: str, body: object = None) -> None:
+    """One call of the management API of TEST_BROKER_URL's server."""
+    parts = urlsplit(_server())
+    base = os.environ.get("TEST_BROKER_MANAGEMENT_URL") or f"http://{parts.hostname}:15672"
+    if urlsplit(base).scheme not in ("http", "https"):
+        skip_or_fail("TEST_BROKER_MANAGEMENT_URL must be an http:// or https:// URL")
+    credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    request = urllib.request.Request(  # noqa: S310 - http(s), checked above
+        f"{base.rstrip('/')}/api/{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={
+            "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode(),
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=RABBITMQCTL_TIMEOUT_SECONDS):  # noqa: S310
+        pass
+
+
 def _make_vhost() -> str:
+    name = f"tests-{secrets.token_hex(4)}"
+    user = unquote(urlsplit(_server()).username or "guest")
+    if os.environ.get("TEST_BROKER_URL"):
+        try:
+            _management("PUT", f"vhosts/{quote(name, safe='')}", {})
+            _made.append(name)
+            everything = {"configure": ".*", "write": ".*", "read": ".*"}
+            _management("PUT", f"permissions/{quote(name, safe='')}/{quote(user)}", everything)
+        except OSError as exc:  # urllib's errors, HTTP ones included
+            skip_or_fail(f"TEST_BROKER_URL's management API refused a vhost: {exc}")
+        return name
     if shutil.which("rabbitmqctl") is None:
         skip_or_fail("no TEST_BROKER_URL, and no rabbitmqctl to make a RabbitMQ vhost")
-    name = f"tests-{secrets.token_hex(4)}"
-    for args in (("add_vhost", name), ("set_permissions", "-p", name, USER, ".*", ".*", ".*")):
+    for args in (("add_vhost", name), ("set_permissions", "-p", name, user, ".*", ".*", ".*")):
         done = _rabbitmqctl(*args)
         if done.returncode != 0:
             skip_or_fail(f"`rabbitmqctl {args[0]}` failed: {(done.stderr or done.stdout).strip()}")
         if args[0] == "add_vhost":
             _made.append(name)
     return name
-
-
-def _has_job_queue(broker_url: str) -> bool:
-    connection = _connect(broker_url)
-    try:
-        connection.channel().queue_declare(DECLARED_QUEUES[0], passive=True)
-    except amqp.exceptions.NotFound:
-        return False
-    finally:
-        connection.close()
-    return True
 
 
 def _empty(broker_url: str) -> None:
@@ -98,19 +131,9 @@ def _empty(broker_url: str) -> None:
 
 @contextmanager
 def vhost() -> Iterator[str]:
-    """The URL of a broker for one Redis's tests: `TEST_BROKER_URL`, or a vhost of ours."""
-    if url := os.environ.get("TEST_BROKER_URL"):
-        if url not in _checked:
-            if _has_job_queue(url):
-                skip_or_fail("TEST_BROKER_URL's vhost has a job queue the tests did not make")
-            _checked.add(url)
-        try:
-            yield url
-        finally:
-            _empty(url)
-        return
+    """The URL of a vhost of the tests' own, for one Redis's tests."""
     name = _free.pop() if _free else _make_vhost()
-    url = f"amqp://{USER}:{PASSWORD}@{LOCAL_HOST}/{name}"
+    url = _vhost_url(name)
     try:
         yield url
     finally:
@@ -140,7 +163,12 @@ def broker_for(redis_url: str | None) -> str:
 def delete_vhosts() -> None:
     """Delete every vhost made here (only those), with all they hold."""
     while _made:
-        _rabbitmqctl("delete_vhost", _made.pop())
+        name = _made.pop()
+        if os.environ.get("TEST_BROKER_URL"):
+            with contextlib.suppress(OSError):
+                _management("DELETE", f"vhosts/{quote(name, safe='')}")
+        else:
+            _rabbitmqctl("delete_vhost", name)
     _free.clear()
 
 
@@ -148,8 +176,8 @@ def _connect(broker_url: str) -> amqp.Connection:
     parts = urlsplit(broker_url)
     connection = amqp.Connection(
         f"{parts.hostname}:{parts.port or 5672}",
-        userid=unquote(parts.username or USER),
-        password=unquote(parts.password or PASSWORD),
+        userid=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
         virtual_host=unquote(parts.path[1:]) or "/",
     )
     connection.connect()

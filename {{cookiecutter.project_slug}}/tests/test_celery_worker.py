@@ -23,10 +23,12 @@ from {{ cookiecutter.package_name }}.factory import create_app
 from {{ cookiecutter.package_name }}.jobs import celery_app
 {%- if cookiecutter.auth == "token" %}
 from {{ cookiecutter.package_name }}.middleware import bearer_auth
-from tests import support
 {%- endif %}
-{%- if cookiecutter.job_backend == "celery-rabbitmq" %}
-from tests import rabbitmq
+{%- set test_modules = [] %}
+{%- if cookiecutter.job_backend == "celery-rabbitmq" %}{% set _ = test_modules.append("rabbitmq") %}{% endif %}
+{%- if cookiecutter.auth == "token" %}{% set _ = test_modules.append("support") %}{% endif %}
+{%- if test_modules %}
+from tests import {{ test_modules | join(", ") }}
 {%- endif %}
 from tests.celery_processes import RedisServer, WorkerProcess, redis_server, running_worker
 from tests.support import AUTH_HEADERS, LogCapture, live_server, make_settings, wait_until
