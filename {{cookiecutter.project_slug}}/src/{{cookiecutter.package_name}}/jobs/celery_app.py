@@ -221,6 +221,14 @@ def rabbitmq_config() -> dict[str, Any]:
         # tasks in a worker with a global prefetch) and which routes through a topic
         # exchange; a direct one makes Celery fall back with a warning.
         "task_default_exchange_type": "topic",
+        # The delay queues of that delivery (celery_delayed_0 to 27, a retry waits in
+        # them, then is dead-lettered to its queue) as classic durable queues: as quorum
+        # queues (Celery's default) they dead-letter through RabbitMQ's at-least-once
+        # workers, and on RabbitMQ 3.10 deleting them (a vhost, say) killed the
+        # supervisor of those workers: every later declare of such a queue failed
+        # (INTERNAL_ERROR), the workers could not set up delayed delivery, and each
+        # countdown retry published after that was dropped, until RabbitMQ restarted.
+        "broker_native_delayed_delivery_queue_type": "classic",
         "broker_transport_options": {
             # Publisher confirms: a publish returns once RabbitMQ has the message (a
             # quorum queue: written to a majority of its nodes), so a 202 means the job
