@@ -75,8 +75,8 @@ def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _management(method: str, path: str, body: object = None) -> None:
-    """One call of the management API of TEST_BROKER_URL's server."""
+def _management(method: str, path: str, body: object = None) -> object:
+    """One call of the management API of TEST_BROKER_URL's server; its JSON answer."""
     parts = urlsplit(_server())
     base = os.environ.get("TEST_BROKER_MANAGEMENT_URL") or f"http://{parts.hostname}:15672"
     if urlsplit(base).scheme not in ("http", "https"):
@@ -91,8 +91,9 @@ def _management(method: str, path: str, body: object = None) -> None:
             "Content-Type": "application/json",
         },
     )
-    with urllib.request.urlopen(request, timeout=RABBITMQCTL_TIMEOUT_SECONDS):  # noqa: S310
-        pass
+    with urllib.request.urlopen(request, timeout=RABBITMQCTL_TIMEOUT_SECONDS) as answer:  # noqa: S310
+        text = answer.read()
+    return json.loads(text) if text else None
 
 
 def _make_vhost() -> str:
@@ -209,6 +210,22 @@ def queued_count(broker_url: str, queue: str = "celery") -> int:
     finally:
         connection.close()
     return int(count)
+
+
+def unacknowledged(broker_url: str, queue: str = "celery") -> int | None:
+    """How many of `queue`'s messages a worker holds unacknowledged (RabbitMQ's count;
+    None while it has none to give)."""
+    name = unquote(urlsplit(broker_url).path[1:])
+    if os.environ.get("TEST_BROKER_URL"):
+        stats = _management("GET", f"queues/{quote(name, safe='')}/{quote(queue, safe='')}")
+        count = stats.get("messages_unacknowledged") if isinstance(stats, dict) else None
+        return count if isinstance(count, int) else None
+    listed = _rabbitmqctl("list_queues", "-q", "-p", name, "name", "messages_unacknowledged")
+    for line in listed.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[0] == queue and fields[1].isdigit():
+            return int(fields[1])
+    return None
 
 
 class TcpProxy:

@@ -290,6 +290,9 @@ def test_a_job_that_fails_in_a_prefork_worker_is_reported_with_its_request_id(
         assert finished(http, retried)["status"] == "succeeded"
         wait_until(lambda: sink.tagged("job-broken"), 15, "the worker's report")
         {%- if cookiecutter.job_backend == "celery-rabbitmq" %}
+        # The outage after the worker's acks: an ack the cut breaks is an error of its
+        # own (the job will run again), not the reconnect noise this test is about.
+        wait_until(lambda: rabbitmq.unacknowledged(broker.broker_url) == 0, 30, "the worker's acks")
         broker.stop()
         {%- else %}
         private_redis.stop()
