@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rabbitmq_node
 import yaml  # type: ignore[import-untyped]
 from conftest import (
     CASES,
@@ -451,37 +452,23 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
-def rabbitmq_bin(name: str) -> Path | None:
-    """A RabbitMQ script itself. The Debian and RPM packages install them in
-    /usr/lib/rabbitmq/bin and put wrappers on the PATH that, run as root, re-run them as
-    the `rabbitmq` user with its home (the machine's node's cookie) instead of ours."""
-    packaged = Path("/usr/lib/rabbitmq/bin") / name
-    if packaged.is_file():
-        return packaged
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin")
-    return Path(found) if found else None
-
-
 @contextmanager
 def private_rabbitmq(tmp_path: Path, erl_args: str) -> Iterator[tuple[str, dict[str, str]]]:
     """A RabbitMQ node of this test's own, with `erl_args` as compose passes them: its
     own name, ports (AMQP, distribution, epmd), directories, cookie and (empty) config,
     all on loopback; never the machine's node. Yields its name and the environment its
     CLI tools need; stops it (rabbitmqctl stop, then its pid) and its epmd after."""
-    server = rabbitmq_bin("rabbitmq-server")
+    server = rabbitmq_node.script("rabbitmq-server")
     if server is None:
         if os.environ.get("REQUIRE_BROKER") == "1":
             pytest.fail("REQUIRE_BROKER=1 but rabbitmq-server is not installed")
         pytest.skip("rabbitmq-server is not installed (REQUIRE_BROKER=1 makes this a failure)")
     amqp_port, dist_port, epmd_port = free_ports(3)
     node = f"deploy{os.getpid()}@localhost"
-    (tmp_path / "home").mkdir()
-    (tmp_path / "enabled_plugins").write_text("[].\n")
-    for name in ("rabbitmq.conf", "rabbitmq-env.conf"):
-        (tmp_path / name).write_text("")
+    files = rabbitmq_node.own_files(tmp_path / "node")
     cli_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
-        "HOME": str(tmp_path / "home"),  # the Erlang cookie is made there
+        "HOME": files["HOME"],  # the Erlang cookie is made there
         "ERL_EPMD_PORT": str(epmd_port),
         "ERL_EPMD_ADDRESS": "127.0.0.1",
     }
@@ -491,13 +478,7 @@ def private_rabbitmq(tmp_path: Path, erl_args: str) -> Iterator[tuple[str, dict[
         "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
         "RABBITMQ_NODE_PORT": str(amqp_port),
         "RABBITMQ_DIST_PORT": str(dist_port),
-        "RABBITMQ_MNESIA_BASE": str(tmp_path / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(tmp_path / "log"),
-        "RABBITMQ_PID_FILE": str(tmp_path / "node.pid"),
-        "RABBITMQ_CONFIG_FILE": str(tmp_path / "rabbitmq.conf"),
-        "RABBITMQ_ADVANCED_CONFIG_FILE": str(tmp_path / "advanced.config"),
-        "RABBITMQ_CONF_ENV_FILE": str(tmp_path / "rabbitmq-env.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(tmp_path / "enabled_plugins"),
+        **files,
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": erl_args,
         # Distribution on loopback only, as the machine's own node is set up here.
         "ERL_FLAGS": "-kernel inet_dist_use_interface {127,0,0,1}",
@@ -515,7 +496,7 @@ def private_rabbitmq(tmp_path: Path, erl_args: str) -> Iterator[tuple[str, dict[
     try:
         yield node, cli_env
     finally:
-        ctl = rabbitmq_bin("rabbitmqctl")
+        ctl = rabbitmq_node.script("rabbitmqctl")
         if ctl is not None and process.poll() is None:
             run([ctl, "-n", node, "stop"], cwd=tmp_path, env=cli_env, timeout=60)
         try:
@@ -543,14 +524,14 @@ def test_rabbitmq_runs_with_the_consumer_timeout_compose_sets(
         rabbitmq["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"],
         {"RABBITMQ_CONSUMER_TIMEOUT_SECONDS": "45"},
     )
-    ctl = rabbitmq_bin("rabbitmqctl")
-    diagnostics = rabbitmq_bin("rabbitmq-diagnostics")
+    ctl = rabbitmq_node.script("rabbitmqctl")
+    diagnostics = rabbitmq_node.script("rabbitmq-diagnostics")
     with private_rabbitmq(tmp_path, erl_args) as (node, env):
         assert ctl is not None
         assert diagnostics is not None
         # compose's healthcheck, pointed at this node: it fails until the node has booted.
         kind, tool, *arguments = rabbitmq["healthcheck"]["test"]
-        assert (kind, tool) == ("CMD", diagnostics.name)
+        assert (kind, tool) == ("CMD", Path(diagnostics).name)
         healthcheck = [diagnostics, "-n", node, *arguments]
         deadline = time.monotonic() + 90
         while not (healthy := run(healthcheck, cwd=tmp_path, env=env, timeout=30)).ok:

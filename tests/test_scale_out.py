@@ -57,6 +57,7 @@ from typing import Any
 
 import netns
 import pytest
+import rabbitmq_node
 from conftest import ProjectEnv, bake, clean_env
 
 # With Redis, a short hard limit makes the visibility timeout short: ceil(5 x 1.5) = 8 s,
@@ -229,18 +230,7 @@ def _answers(host: netns.Host, address: str, port: int) -> bool:
     return True
 
 
-# Debian's /usr/sbin/rabbitmq-* wrappers switch to the rabbitmq user and its home (the
-# machine's node's Erlang cookie, files it owns); the scripts they call run as root
-# with the environment they are given.
-RABBITMQ_SCRIPTS = (Path("/usr/lib/rabbitmq/bin"),)
 RABBITMQ_NODE = "rabbit@localhost"
-
-
-def _rabbitmq_script(name: str) -> str | None:
-    for directory in RABBITMQ_SCRIPTS:
-        if os.access(directory / name, os.X_OK):
-            return str(directory / name)
-    return shutil.which(name)
 
 
 def _start_rabbitmq(host: netns.Host, workdir: Path) -> None:
@@ -251,36 +241,27 @@ def _start_rabbitmq(host: netns.Host, workdir: Path) -> None:
     neither seen nor touched. AMQP listens on the switch; Erlang distribution and epmd
     on the host's loopback only."""
     _start_redis(host, workdir)
-    server, ctl = _rabbitmq_script("rabbitmq-server"), _rabbitmq_script("rabbitmqctl")
+    server, ctl = rabbitmq_node.script("rabbitmq-server"), rabbitmq_node.script("rabbitmqctl")
     if server is None or ctl is None:
         _skip_or_fail("no rabbitmq-server (and rabbitmqctl) to run the broker host's RabbitMQ")
     assert server is not None
     assert ctl is not None
     base = workdir / "rabbitmq"
-    base.mkdir()
-    config = base / "rabbitmq.conf"
-    settings = [
-        # guest may log in from the other hosts (by default only over loopback).
-        "loopback_users = none",
-        f"listeners.tcp.default = {host.address}:5672",
-    ]
-    config.write_text("\n".join(settings) + "\n")
-    (base / "enabled_plugins").write_text("[].\n")  # no management plugin: a faster start
-    (base / "rabbitmq-env.conf").write_text("")  # not the machine's /etc/rabbitmq one
-    pid_file = base / "rabbit.pid"
+    files = rabbitmq_node.own_files(
+        base,
+        [
+            # guest may log in from the other hosts (by default only over loopback).
+            "loopback_users = none",
+            f"listeners.tcp.default = {host.address}:5672",
+        ],
+    )
+    pid_file = files["RABBITMQ_PID_FILE"]
     env = {
         "PATH": os.defpath,
-        "HOME": str(base),  # the Erlang cookie, made on first start; the CLI reads it too
+        **files,
         "RABBITMQ_NODENAME": RABBITMQ_NODE,
         "RABBITMQ_NODE_PORT": "5672",
-        "RABBITMQ_CONFIG_FILE": str(config),
-        "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),
-        "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(base / "log"),
         "RABBITMQ_LOGS": "-",  # to the server's output: rabbitmq.log in the workdir
-        "RABBITMQ_PID_FILE": str(pid_file),
         "ERL_EPMD_ADDRESS": "127.0.0.1",
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
     }
